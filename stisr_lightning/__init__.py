@@ -1,0 +1,1 @@
+"""Scene text image super-resolution experiment suite."""
