@@ -1,0 +1,100 @@
+"""`stisr-train`: LightningCLI over STISRSystem subclasses and the STISR data module.
+
+Every run lives in `trainer.default_root_dir`: the resolved `config.yaml`, `checkpoints/`, the offline W&B run and
+`results.json`. `fit` is followed by `test` on the best checkpoint, so every trained run leaves its results.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningCLI
+
+from stisr_lightning.callbacks.results import ResultsWriter
+from stisr_lightning.callbacks.wandb_samples import WandbSampleTable
+from stisr_lightning.data.datamodule import STISRDataModule
+from stisr_lightning.systems.base import STISRSystem
+from stisr_lightning.weights import load_generator_weights
+
+WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+
+
+class STISRCLI(LightningCLI):
+    def __init__(self, args=None, run: bool = True):
+        os.environ.setdefault("WANDB_MODE", "offline")
+        super().__init__(
+            STISRSystem,
+            STISRDataModule,
+            subclass_mode_model=True,
+            save_config_callback=None,
+            seed_everything_default=0,
+            trainer_defaults={
+                "logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "stisr-lightning", "offline": True}},
+                "use_distributed_sampler": False,
+                "callbacks": [
+                    ModelCheckpoint(monitor="val/psnr", mode="max", filename="best", save_last=True),
+                    ResultsWriter(),
+                    WandbSampleTable(),
+                ],
+            },
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--test_after_fit", type=bool, default=True, help="Run `test` on the best checkpoint after fit.")
+        parser.add_argument(
+            "--weights",
+            type=Optional[str],
+            default=None,
+            help="Generator weights to load first: an official STISR checkpoint (state_dict_G, state_dict, model) "
+            "or a suite checkpoint.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        """Keep the W&B files inside the run directory unless the config says otherwise."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        root = config.trainer.default_root_dir or os.getcwd()
+        logger = config.trainer.logger
+        if logger and not isinstance(logger, (bool, list)) and logger.class_path == WANDB_LOGGER:
+            logger.init_args.save_dir = logger.init_args.get("save_dir") or root
+            Path(logger.init_args.save_dir).mkdir(parents=True, exist_ok=True)
+
+    def _prepare_run(self) -> None:
+        root = Path(self.trainer.default_root_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        config = self.config[self.subcommand]
+        (root / "config.yaml").write_text(self._parser(self.subcommand).dump(config, skip_none=False))
+        if config.weights:
+            load_generator_weights(self.model.generator, config.weights)
+        for callback in self.trainer.callbacks:
+            if isinstance(callback, ResultsWriter):
+                callback.config = config.clone().as_dict()
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = str(root / "checkpoints")
+
+    def before_fit(self) -> None:
+        self._prepare_run()
+
+    def before_test(self) -> None:
+        self._prepare_run()
+
+    def before_validate(self) -> None:
+        self._prepare_run()
+
+    def after_fit(self) -> None:
+        if not self.config[self.subcommand].test_after_fit or not getattr(self.datamodule, "test_sets", None):
+            return
+        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+
+
+def main(args=None) -> None:
+    STISRCLI(args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""STISRSystem: a generator, named recognizers and a loss mix; the shared train / validation / test logic.
+
+Papers subclass it and override only the hook that differs:
+- `forward_train(batch) -> outputs` (what the loss terms read; must contain "sr"),
+- `super_resolve(lr, batch) -> sr` (inference path used by validation, test and `stisr-sr`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningModule
+from torch import Tensor, nn
+from torchmetrics import MetricCollection, SumMetric
+
+from stisr_lightning.losses.mix import LossMix
+from stisr_lightning.metrics.image import PSNR, SSIM
+from stisr_lightning.metrics.recognition import NormalizedEditDistance, WordAccuracy, weighted_average
+from stisr_lightning.models.recognizers.base import Recognizer
+
+
+def _slot(name: str) -> str:
+    """ModuleDict keys may not contain '.'; test-set names ('synthetic/easy') are mapped to safe keys."""
+    return name.replace(".", "_").replace("/", "__")
+
+
+class STISRSystem(LightningModule):
+    def __init__(
+        self,
+        generator: nn.Module,
+        loss: LossMix | None = None,
+        recognizers: dict[str, Recognizer] | None = None,
+        fine_tune_recognizers: list[str] | None = None,
+        val_recognizer: str | None = None,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.5, 0.999),
+        weight_decay: float = 0.0,
+        recognizer_lr: float = 1e-4,
+        lr_decay_epochs: int | None = None,
+        lr_decay_gamma: float = 0.5,
+        psnr_batch_averaged: bool = False,
+        sample_count: int = 8,
+    ):
+        """
+        Args:
+            generator: the SR network, `generator(lr) -> sr`.
+            loss: the training loss; None for systems that are only evaluated (bicubic).
+            recognizers: named recognizers, evaluated on every test set; frozen unless named in
+                `fine_tune_recognizers`.
+            val_recognizer: the recognizer whose accuracy is tracked on the validation split (model selection).
+            lr_decay_epochs: StepLR period in epochs (the TextZoom-family recipes halve once at epoch 400).
+            psnr_batch_averaged: reproduce the official per-batch PSNR/SSIM averaging instead of per image.
+            sample_count: images per test set kept for the LR | SR | HR sample table.
+        """
+        super().__init__()
+        self.generator = generator
+        self.loss = loss
+        self.recognizers = nn.ModuleDict(recognizers or {})
+        self.fine_tune_recognizers = list(fine_tune_recognizers or [])
+        for name in self.fine_tune_recognizers + ([val_recognizer] if val_recognizer else []):
+            if name not in self.recognizers:
+                raise ValueError(f"recognizer {name!r} is not configured (recognizers: {sorted(self.recognizers)})")
+        for name, recognizer in self.recognizers.items():
+            if name not in self.fine_tune_recognizers:
+                recognizer.freeze()
+        self.val_recognizer = val_recognizer
+        self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
+        self.recognizer_lr = recognizer_lr
+        self.lr_decay_epochs, self.lr_decay_gamma = lr_decay_epochs, lr_decay_gamma
+        self.psnr_batch_averaged = psnr_batch_averaged
+        self.sample_count = sample_count
+        self.val_metrics = self._image_metrics()
+        self.val_accuracy = WordAccuracy()
+        self.test_metrics = nn.ModuleDict()
+        self.test_set_names: list[str] = []
+        self.test_results: dict[str, float] = {}
+        self.test_set_sizes: dict[str, int] = {}
+        self.test_samples: dict[str, dict[str, Any]] = {}
+
+    def _image_metrics(self) -> MetricCollection:
+        return MetricCollection(
+            {"psnr": PSNR(batch_averaged=self.psnr_batch_averaged), "ssim": SSIM(batch_averaged=self.psnr_batch_averaged)}
+        )
+
+    # ----------------------------------------------------------------------------------------------- hooks
+    def forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {"sr": self.generator(batch["lr"])}
+
+    def super_resolve(self, lr: Tensor, batch: dict[str, Any] | None = None) -> Tensor:
+        return self.generator(lr)
+
+    def forward(self, lr: Tensor) -> Tensor:
+        return self.super_resolve(lr)
+
+    # ----------------------------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.loss is None:
+            raise RuntimeError(f"{type(self).__name__} has no loss configured; it can be evaluated but not trained")
+        total, terms = self.loss(self.forward_train(batch), batch)
+        size = batch["lr"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/loss/{name}": value for name, value in terms.items()}, batch_size=size)
+        return total
+
+    def configure_optimizers(self):
+        groups = [{"params": [p for p in self.generator.parameters() if p.requires_grad], "lr": self.lr}]
+        for name in self.fine_tune_recognizers:
+            groups.append({"params": list(self.recognizers[name].parameters()), "lr": self.recognizer_lr})
+        groups = [group for group in groups if group["params"]]
+        if not groups:
+            raise RuntimeError(f"{type(self.generator).__name__} has no trainable parameters; evaluate it instead")
+        optimizer = torch.optim.Adam(groups, betas=self.betas, weight_decay=self.weight_decay)
+        if self.lr_decay_epochs is None:
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_decay_epochs, gamma=self.lr_decay_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
+
+    # ----------------------------------------------------------------------------------------------- validation
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        sr = self.super_resolve(batch["lr"], batch)
+        self.val_metrics.update(sr, batch["hr"])
+        if self.val_recognizer:
+            self.val_accuracy.update(self.recognizers[self.val_recognizer].read(sr[:, :3].clamp(0, 1)), batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        values = {f"val/{name}": value for name, value in self.val_metrics.compute().items()}
+        if self.val_recognizer:
+            values["val/acc"] = self.val_accuracy.compute()
+            self.val_accuracy.reset()
+        self.log_dict(values, prog_bar=True)
+        self.val_metrics.reset()
+
+    # ----------------------------------------------------------------------------------------------- test
+    def setup(self, stage: str) -> None:
+        if stage != "test":
+            return
+        datamodule = self.trainer.datamodule
+        self.test_set_names = list(getattr(datamodule, "test_set_names", []))
+        if not self.test_set_names:
+            raise ValueError("the data module defines no test sets (data.test_sets is empty)")
+        for name in self.test_set_names:
+            per_set = {"image": self._image_metrics(), "count": SumMetric()}
+            for recognizer in self.recognizers:
+                per_set[f"{recognizer}__acc"] = WordAccuracy()
+                per_set[f"{recognizer}__ned"] = NormalizedEditDistance()
+            self.test_metrics[_slot(name)] = nn.ModuleDict(per_set).to(self.device)
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        name = self.test_set_names[dataloader_idx]
+        metrics = self.test_metrics[_slot(name)]
+        sr = self.super_resolve(batch["lr"], batch)
+        metrics["image"].update(sr, batch["hr"])
+        metrics["count"].update(torch.tensor(float(len(batch["label"])), device=self.device))
+        rgb = sr[:, :3].clamp(0, 1)
+        readings = {}
+        for recognizer_name, recognizer in self.recognizers.items():
+            readings[recognizer_name] = recognizer.read(rgb)
+            metrics[f"{recognizer_name}__acc"].update(readings[recognizer_name], batch["label"])
+            metrics[f"{recognizer_name}__ned"].update(readings[recognizer_name], batch["label"])
+        self._keep_samples(name, batch, rgb, readings)
+
+    def _keep_samples(self, name: str, batch: dict[str, Any], rgb: Tensor, readings: dict[str, list[str]]) -> None:
+        kept = self.test_samples.setdefault(name, {"lr": [], "sr": [], "hr": [], "label": [], "readings": []})
+        room = self.sample_count - len(kept["label"])
+        if room <= 0 or self.global_rank != 0:
+            return
+        kept["lr"].extend(batch["lr"][:room, :3].detach().cpu())
+        kept["sr"].extend(rgb[:room].detach().cpu())
+        kept["hr"].extend(batch["hr"][:room, :3].detach().cpu())
+        kept["label"].extend(batch["label"][:room])
+        kept["readings"].extend({r: texts[i] for r, texts in readings.items()} for i in range(min(room, len(rgb))))
+
+    def on_test_epoch_end(self) -> None:
+        per_set: dict[str, dict[str, float]] = {}
+        sizes: dict[str, int] = {}
+        for name in self.test_set_names:
+            metrics = self.test_metrics[_slot(name)]
+            sizes[name] = int(metrics["count"].compute().item())
+            values = {metric: float(value) for metric, value in metrics["image"].compute().items()}
+            for recognizer in self.recognizers:
+                values[f"{recognizer}/acc"] = float(metrics[f"{recognizer}__acc"].compute())
+                values[f"{recognizer}/ned"] = float(metrics[f"{recognizer}__ned"].compute())
+            per_set[name] = values
+        per_set.update(self._subset_averages(per_set, sizes))
+        self.test_results = {f"test/{name}/{metric}": v for name, values in per_set.items() for metric, v in values.items()}
+        self.test_set_sizes = sizes
+        for key, value in self.test_results.items():
+            self.log(key, value, add_dataloader_idx=False, rank_zero_only=True)
+
+    def _subset_averages(self, per_set: dict[str, dict[str, float]], sizes: dict[str, int]) -> dict[str, dict[str, float]]:
+        """TextZoom reports the average over easy/medium/hard weighted by subset size; do so for every data set
+        whose test sets are named '<dataset>/<subset>' with more than one subset."""
+        datasets: dict[str, list[str]] = {}
+        for name in self.test_set_names:
+            if "/" in name:
+                datasets.setdefault(name.rsplit("/", 1)[0], []).append(name)
+        averages = {}
+        for dataset, names in datasets.items():
+            if len(names) > 1:
+                averages[f"{dataset}/average"] = {
+                    metric: weighted_average({n: per_set[n][metric] for n in names}, {n: sizes[n] for n in names})
+                    for metric in per_set[names[0]]
+                }
+        return averages
+
+    # ----------------------------------------------------------------------------------------------- checkpoints
+    def _frozen_prefixes(self) -> tuple[str, ...]:
+        return tuple(f"recognizers.{n}." for n in self.recognizers if n not in self.fine_tune_recognizers)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Frozen recognizers come from packages or official files; keeping them out makes checkpoints small."""
+        prefixes = self._frozen_prefixes()
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        prefixes = self._frozen_prefixes()
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
+        checkpoint["state_dict"] = {**own, **checkpoint["state_dict"]}

@@ -1,0 +1,88 @@
+"""Loading weights: the suite's own Lightning checkpoints, official STISR checkpoint containers, run directories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import Tensor, nn
+
+from stisr_lightning.models.recognizers.base import load_state_dict_strict, strip_prefix
+
+GENERATOR_PREFIX = "generator."
+
+
+def read_checkpoint(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
+        raise ValueError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
+
+
+def generator_state_dict(checkpoint: Any) -> dict[str, Tensor]:
+    """The generator's weights from any container the STISR world uses.
+
+    - the suite's Lightning checkpoints: `state_dict` with `generator.` keys;
+    - TextZoom / TATT / LEMMA / TBSRN releases: `{'state_dict_G': ...}`;
+    - `{'state_dict': ...}` or `{'model': ...}` wrappers, or a plain state dict;
+    each with or without a DataParallel `module.` prefix.
+    """
+    if isinstance(checkpoint, dict) and "state_dict_G" in checkpoint:
+        state = checkpoint["state_dict_G"]
+    elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
+        state = checkpoint["state_dict"]
+        if any(key.startswith(GENERATOR_PREFIX) for key in state):
+            state = {k[len(GENERATOR_PREFIX):]: v for k, v in state.items() if k.startswith(GENERATOR_PREFIX)}
+    elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
+        state = checkpoint["model"]
+    else:
+        state = checkpoint
+    return strip_prefix(dict(state))
+
+
+def load_generator_weights(generator: nn.Module, path: str | Path) -> None:
+    load_state_dict_strict(generator, generator_state_dict(read_checkpoint(path)), str(path))
+
+
+def run_config_for(checkpoint_path: str | Path) -> Path:
+    """A suite checkpoint lives in `<run>/checkpoints/`; the run's resolved config is `<run>/config.yaml`."""
+    checkpoint_path = Path(checkpoint_path)
+    for parent in checkpoint_path.parents:
+        candidate = parent / "config.yaml"
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{checkpoint_path}: no config.yaml in any parent directory; pass --config")
+
+
+def build_system(config_path: str | Path) -> nn.Module:
+    """Instantiate the run's system (`model:` section of its config) without data, trainer or logger."""
+    from jsonargparse import ArgumentParser
+
+    from stisr_lightning.systems.base import STISRSystem
+
+    config = yaml.safe_load(Path(config_path).read_text())
+    if "model" not in config:
+        raise ValueError(f"{config_path}: no 'model' section")
+    parser = ArgumentParser(exit_on_error=False)
+    parser.add_subclass_arguments(STISRSystem, "model")
+    return parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
+
+
+def load_system(checkpoint_path: str | Path | None, config_path: str | Path | None = None) -> nn.Module:
+    """A system ready for inference: from a suite checkpoint (config found beside it) or a config alone (bicubic)."""
+    if checkpoint_path is None and config_path is None:
+        raise ValueError("load_system needs a checkpoint, a config, or both")
+    system = build_system(config_path or run_config_for(checkpoint_path))
+    if checkpoint_path is not None:
+        checkpoint = read_checkpoint(checkpoint_path)
+        if isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint:
+            system.on_load_checkpoint(checkpoint)
+            load_state_dict_strict(system, checkpoint["state_dict"], str(checkpoint_path))
+        else:
+            load_state_dict_strict(system.generator, generator_state_dict(checkpoint), str(checkpoint_path))
+    return system.eval()
