@@ -160,6 +160,8 @@ class STNHead(nn.Module):
     def forward(self, image: Tensor) -> Tensor:
         """(N, C, *input_size) -> (N, K, 2) control points (x, y), nominally in [0, 1]."""
         if tuple(image.shape[-2:]) != self.input_size:
-            raise ValueError(f"stn_tps: STNHead expects inputs of size {self.input_size}, got {tuple(image.shape[-2:])}")
+            raise ValueError(
+                f"stn_tps: STNHead expects inputs of size {self.input_size}, got {tuple(image.shape[-2:])}"
+            )
         features = self.stn_fc1(self.stn_convnet(image).flatten(1))
         return self.stn_fc2(0.1 * features).view(-1, self.num_control_points, 2)
