@@ -11,7 +11,6 @@ from torch import Tensor, nn
 
 from stisr_lightning.models.recognizers.base import load_state_dict_strict, strip_prefix
 
-GENERATOR_PREFIX = "generator."
 
 
 def read_checkpoint(path: str | Path) -> Any:
@@ -24,10 +23,11 @@ def read_checkpoint(path: str | Path) -> Any:
         raise ValueError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
 
 
-def generator_state_dict(checkpoint: Any) -> dict[str, Tensor]:
-    """The generator's weights from any container the STISR world uses.
+def extract_state_dict(checkpoint: Any, lightning_prefix: str = "generator.") -> dict[str, Tensor]:
+    """One module's weights from any container the STISR world uses.
 
-    - the suite's Lightning checkpoints: `state_dict` with `generator.` keys;
+    - the suite's Lightning checkpoints: `state_dict`, keeping the keys under `lightning_prefix` (the module's
+      attribute path in the system: `generator.`, `recognizer.`, `recognizers.crnn.`);
     - TextZoom / TATT / LEMMA / TBSRN releases: `{'state_dict_G': ...}`;
     - `{'state_dict': ...}` or `{'model': ...}` wrappers, or a plain state dict;
     each with or without a DataParallel `module.` prefix.
@@ -36,8 +36,8 @@ def generator_state_dict(checkpoint: Any) -> dict[str, Tensor]:
         state = checkpoint["state_dict_G"]
     elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         state = checkpoint["state_dict"]
-        if any(key.startswith(GENERATOR_PREFIX) for key in state):
-            state = {k[len(GENERATOR_PREFIX):]: v for k, v in state.items() if k.startswith(GENERATOR_PREFIX)}
+        if any(key.startswith(lightning_prefix) for key in state):
+            state = {k[len(lightning_prefix):]: v for k, v in state.items() if k.startswith(lightning_prefix)}
     elif isinstance(checkpoint, dict) and isinstance(checkpoint.get("model"), dict):
         state = checkpoint["model"]
     else:
@@ -45,8 +45,8 @@ def generator_state_dict(checkpoint: Any) -> dict[str, Tensor]:
     return strip_prefix(dict(state))
 
 
-def load_generator_weights(generator: nn.Module, path: str | Path) -> None:
-    load_state_dict_strict(generator, generator_state_dict(read_checkpoint(path)), str(path))
+def load_weights(module: nn.Module, path: str | Path, lightning_prefix: str = "generator.") -> None:
+    load_state_dict_strict(module, extract_state_dict(read_checkpoint(path), lightning_prefix), str(path))
 
 
 def run_config_for(checkpoint_path: str | Path) -> Path:
@@ -84,5 +84,5 @@ def load_system(checkpoint_path: str | Path | None, config_path: str | Path | No
             system.on_load_checkpoint(checkpoint)
             load_state_dict_strict(system, checkpoint["state_dict"], str(checkpoint_path))
         else:
-            load_state_dict_strict(system.generator, generator_state_dict(checkpoint), str(checkpoint_path))
+            load_state_dict_strict(system.generator, extract_state_dict(checkpoint), str(checkpoint_path))
     return system.eval()

@@ -18,7 +18,7 @@ import yaml
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from stisr_lightning.data.textzoom import image_to_tensor, text_mask
+from stisr_lightning.data.textzoom import image_to_tensor
 from stisr_lightning.weights import load_system, run_config_for
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}

@@ -1,4 +1,4 @@
-"""`stisr-train`: LightningCLI over STISRSystem subclasses and the STISR data module.
+"""`stisr-train`: LightningCLI over the suite's systems (LightningModules) and the STISR data module.
 
 Every run lives in `trainer.default_root_dir`: the resolved `config.yaml`, `checkpoints/`, the offline W&B run and
 `results.json`. `fit` is followed by `test` on the best checkpoint, so every trained run leaves its results.
@@ -10,14 +10,15 @@ import os
 from pathlib import Path
 from typing import Optional
 
+from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.cli import LightningCLI
 
 from stisr_lightning.callbacks.results import ResultsWriter
 from stisr_lightning.callbacks.wandb_samples import WandbSampleTable
 from stisr_lightning.data.datamodule import STISRDataModule
-from stisr_lightning.systems.base import STISRSystem
-from stisr_lightning.weights import load_generator_weights
+from stisr_lightning.weights import load_weights
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 
@@ -26,7 +27,7 @@ class STISRCLI(LightningCLI):
     def __init__(self, args=None, run: bool = True):
         os.environ.setdefault("WANDB_MODE", "offline")
         super().__init__(
-            STISRSystem,
+            LightningModule,
             STISRDataModule,
             subclass_mode_model=True,
             save_config_callback=None,
@@ -69,12 +70,14 @@ class STISRCLI(LightningCLI):
         config = self.config[self.subcommand]
         (root / "config.yaml").write_text(self._parser(self.subcommand).dump(config, skip_none=False))
         if config.weights:
-            load_generator_weights(self.model.generator, config.weights)
+            load_weights(self.model.generator, config.weights)
         for callback in self.trainer.callbacks:
             if isinstance(callback, ResultsWriter):
                 callback.config = config.clone().as_dict()
-            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
-                callback.dirpath = str(root / "checkpoints")
+            if isinstance(callback, ModelCheckpoint):
+                # each system names the validation metric its paper selects models by (higher is better)
+                callback.monitor = getattr(self.model, "checkpoint_monitor", callback.monitor)
+                callback.dirpath = callback.dirpath or str(root / "checkpoints")
 
     def before_fit(self) -> None:
         self._prepare_run()
@@ -86,7 +89,8 @@ class STISRCLI(LightningCLI):
         self._prepare_run()
 
     def after_fit(self) -> None:
-        if not self.config[self.subcommand].test_after_fit or not getattr(self.datamodule, "test_sets", None):
+        wanted = self.config[self.subcommand].test_after_fit and getattr(self.datamodule, "test_sets", None)
+        if not wanted or not is_overridden("test_step", self.model):
             return
         best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
         self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)

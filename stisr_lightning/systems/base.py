@@ -18,6 +18,7 @@ from stisr_lightning.losses.mix import LossMix
 from stisr_lightning.metrics.image import PSNR, SSIM
 from stisr_lightning.metrics.recognition import NormalizedEditDistance, WordAccuracy, weighted_average
 from stisr_lightning.models.recognizers.base import Recognizer
+from stisr_lightning.weights import load_weights
 
 
 def _slot(name: str) -> str:
@@ -32,6 +33,7 @@ class STISRSystem(LightningModule):
         loss: LossMix | None = None,
         recognizers: dict[str, Recognizer] | None = None,
         fine_tune_recognizers: list[str] | None = None,
+        recognizer_weights: dict[str, str] | None = None,
         val_recognizer: str | None = None,
         lr: float = 1e-3,
         betas: tuple[float, float] = (0.5, 0.999),
@@ -48,6 +50,8 @@ class STISRSystem(LightningModule):
             loss: the training loss; None for systems that are only evaluated (bicubic).
             recognizers: named recognizers, evaluated on every test set; frozen unless named in
                 `fine_tune_recognizers`.
+            recognizer_weights: name -> weights file (an official release such as `crnn.pth`, `moran.pth`,
+                `demo.pth.tar`, or one trained by the suite's recognizer recipes), loaded before freezing.
             val_recognizer: the recognizer whose accuracy is tracked on the validation split (model selection).
             lr_decay_epochs: StepLR period in epochs (the TextZoom-family recipes halve once at epoch 400).
             psnr_batch_averaged: reproduce the official per-batch PSNR/SSIM averaging instead of per image.
@@ -58,13 +62,17 @@ class STISRSystem(LightningModule):
         self.loss = loss
         self.recognizers = nn.ModuleDict(recognizers or {})
         self.fine_tune_recognizers = list(fine_tune_recognizers or [])
-        for name in self.fine_tune_recognizers + ([val_recognizer] if val_recognizer else []):
+        recognizer_weights = dict(recognizer_weights or {})
+        for name in self.fine_tune_recognizers + list(recognizer_weights) + ([val_recognizer] if val_recognizer else []):
             if name not in self.recognizers:
                 raise ValueError(f"recognizer {name!r} is not configured (recognizers: {sorted(self.recognizers)})")
+        for name, path in recognizer_weights.items():
+            load_weights(self.recognizers[name], path, lightning_prefix="recognizer.")
         for name, recognizer in self.recognizers.items():
             if name not in self.fine_tune_recognizers:
                 recognizer.freeze()
         self.val_recognizer = val_recognizer
+        self.checkpoint_monitor = "val/acc" if val_recognizer else "val/psnr"
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.recognizer_lr = recognizer_lr
         self.lr_decay_epochs, self.lr_decay_gamma = lr_decay_epochs, lr_decay_gamma
