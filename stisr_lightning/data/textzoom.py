@@ -1,0 +1,286 @@
+"""TextZoom-format LMDB: reader, writer and inspector.
+
+Layout (TextZoom readme, `lmdbDataset_real`): keys are 1-indexed byte strings, `num-samples` (ASCII int),
+`label-%09d` (UTF-8), `image_hr-%09d` / `image_lr-%09d` (encoded images). STR benchmark LMDBs carry `image-%09d`
+instead; they are read as HR and the LR is made by bicubic downscaling, as the official fallback dataset does.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections import Counter
+from collections.abc import Iterable
+from pathlib import Path
+
+import lmdb
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from stisr_lightning.data.charset import filter_text
+
+NUM_SAMPLES_KEY = b"num-samples"
+ON_CORRUPT = ("skip", "raise")
+_LUMA_WEIGHTS = np.array([19595, 38470, 7471], dtype=np.float32)
+
+
+class CorruptRecordError(OSError):
+    """A record that cannot be used; `key` names it (e.g. 'image_lr-000000007')."""
+
+    def __init__(self, key: str, reason: str) -> None:
+        super().__init__(f"{reason}: key {key}")
+        self.key = key
+        self.reason = reason
+
+
+def _key(kind: str, index: int) -> bytes:
+    return b"%s-%09d" % (kind.encode(), index)
+
+
+def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
+    """Read-only environment with the official reader flags (no locking, so many workers can share a file)."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: LMDB not found")
+    return lmdb.open(str(path), readonly=True, lock=False, readahead=False, meminit=False, max_readers=126)
+
+
+def read_num_samples(txn: lmdb.Transaction, path: str | os.PathLike) -> int:
+    raw = txn.get(NUM_SAMPLES_KEY)
+    if raw is None:
+        raise ValueError(f"{path}: LMDB has no 'num-samples' key (not a TextZoom/STR LMDB)")
+    try:
+        return int(raw.decode("ascii"))
+    except ValueError:
+        raise ValueError(f"{path}: 'num-samples' is {raw[:32]!r}, expected an ASCII integer") from None
+
+
+def decode_image(buffer: bytes | None) -> Image.Image:
+    """Decode encoded bytes to RGB; raises OSError for missing or undecodable data."""
+    if buffer is None:
+        raise OSError("record missing")
+    image = Image.open(io.BytesIO(buffer))
+    return image.convert("RGB")
+
+
+def image_to_tensor(image: Image.Image, mask: bool) -> torch.Tensor:
+    """(C,H,W) float in [0,1]; with `mask`, a 4th channel: 1 where the gray ('L') value <= the image's mean gray."""
+    rgb = np.asarray(image, dtype=np.uint8)
+    out = np.empty((4 if mask else 3, *rgb.shape[:2]), dtype=np.float32)
+    np.divide(rgb.transpose(2, 0, 1), 255.0, out=out[:3])
+    if mask:  # PIL's exact 'L' conversion: (19595 R + 38470 G + 7471 B + 2^15) >> 16
+        gray = np.floor((rgb.astype(np.float32) @ _LUMA_WEIGHTS + 32768.0) / 65536.0)  # exact below 2^24
+        np.less_equal(gray, gray.mean(), out=out[3], casting="unsafe")
+    return torch.from_numpy(out)
+
+
+_OPEN_ENVS: dict[str, lmdb.Environment] = {}
+_OPEN_ENVS_PID: list[int] = [os.getpid()]
+
+
+def _process_env(path: str) -> lmdb.Environment:
+    """One read-only environment per file and process (lmdb refuses to open a file twice in a process)."""
+    if _OPEN_ENVS_PID[0] != os.getpid():  # forked: the inherited handles are read-only and lock-free, safe to close
+        for env in _OPEN_ENVS.values():
+            env.close()
+        _OPEN_ENVS.clear()
+        _OPEN_ENVS_PID[0] = os.getpid()
+    key = os.path.realpath(path)
+    if key not in _OPEN_ENVS:
+        _OPEN_ENVS[key] = open_lmdb(path)
+    return _OPEN_ENVS[key]
+
+
+class TextZoomLMDB(Dataset):
+    """One TextZoom (or STR) LMDB as a dataset of `{"hr", "lr", "label", "index"}` dicts.
+
+    The environment is opened lazily in each process (DataLoader worker), so the dataset pickles cleanly. Sizes are
+    (H, W); both images are resized with PIL bicubic as the official collate does. A record that cannot be decoded
+    (or whose filtered label is longer than `max_label_length`) is skipped in favour of the next valid one, with a
+    warning naming its key, unless `on_corrupt="raise"`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        hr_size: tuple[int, int] = (32, 128),
+        lr_size: tuple[int, int] = (16, 64),
+        mask: bool = False,
+        on_corrupt: str = "skip",
+        max_label_length: int | None = None,
+    ) -> None:
+        if on_corrupt not in ON_CORRUPT:
+            raise ValueError(f"on_corrupt={on_corrupt!r}, expected one of {ON_CORRUPT}")
+        self.path = str(path)
+        self.hr_size = tuple(hr_size)
+        self.lr_size = tuple(lr_size)
+        self.mask = mask
+        self.on_corrupt = on_corrupt
+        self.max_label_length = max_label_length
+        self.skipped_keys: set[str] = set()
+        with _process_env(self.path).begin(write=False) as txn:
+            self.num_samples = read_num_samples(txn, self.path)
+            self.paired = txn.get(_key("image_hr", 1)) is not None or txn.get(_key("image", 1)) is None
+        self._env: lmdb.Environment | None = None
+        self._env_pid: int | None = None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_env"] = None
+        state["_env_pid"] = None
+        return state
+
+    def _txn(self) -> lmdb.Transaction:
+        if self._env is None or self._env_pid != os.getpid():
+            self._env = _process_env(self.path)
+            self._env_pid = os.getpid()
+        return self._env.begin(write=False, buffers=False)
+
+    def _decode(self, txn: lmdb.Transaction, kind: str, number: int) -> Image.Image:
+        key = _key(kind, number)
+        try:
+            return decode_image(txn.get(key))
+        except OSError as error:
+            raise CorruptRecordError(key.decode(), str(error)) from None
+
+    def _load(self, txn: lmdb.Transaction, index: int) -> tuple[Image.Image, Image.Image, str]:
+        """Decoded (hr, lr, filtered label) of 0-based `index`; raises CorruptRecordError naming the bad key."""
+        number = index + 1
+        label_key = _key("label", number)
+        raw_label = txn.get(label_key)
+        if raw_label is None:
+            raise CorruptRecordError(label_key.decode(), "record missing")
+        label = filter_text(raw_label.decode("utf-8", errors="replace"), "all")
+        if self.max_label_length is not None and len(label) > self.max_label_length:
+            raise CorruptRecordError(label_key.decode(), f"label longer than {self.max_label_length}")
+        hr = self._decode(txn, "image_hr" if self.paired else "image", number)
+        lr = self._decode(txn, "image_lr", number) if self.paired else hr
+        return hr, lr, label
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"{self.path}: index {index} out of range [0, {self.num_samples})")
+        txn = self._txn()
+        try:
+            for offset in range(self.num_samples):
+                current = (index + offset) % self.num_samples
+                try:
+                    hr, lr, label = self._load(txn, current)
+                    break
+                except CorruptRecordError as error:
+                    if self.on_corrupt == "raise":
+                        raise CorruptRecordError(error.key, f"{self.path}: {error.reason}") from None
+                    if error.key not in self.skipped_keys:
+                        self.skipped_keys.add(error.key)
+                        warnings.warn(f"{self.path}: skipping record {error.key} ({error.reason})", stacklevel=2)
+            else:
+                raise RuntimeError(f"{self.path}: no readable record in {self.num_samples} samples")
+        finally:
+            txn.abort()
+        hr_height, hr_width = self.hr_size
+        lr_height, lr_width = self.lr_size
+        hr = hr.resize((hr_width, hr_height), Image.BICUBIC)
+        lr = lr.resize((lr_width, lr_height), Image.BICUBIC)
+        return {
+            "hr": image_to_tensor(hr, self.mask),
+            "lr": image_to_tensor(lr, self.mask),
+            "label": label,
+            "index": current,
+        }
+
+
+def encode_image(image: Image.Image | bytes, image_format: str = "PNG") -> bytes:
+    if isinstance(image, bytes):
+        return image
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    return buffer.getvalue()
+
+
+def _write_records(path: str | os.PathLike, records: Iterable[dict[str, bytes]], map_size: int, commit_every: int) -> int:
+    """Write 1-indexed records (`{kind: bytes}` per sample) and `num-samples`; returns the count."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    env = lmdb.open(str(path), map_size=map_size, subdir=True)
+    count = 0
+    try:
+        txn = env.begin(write=True)
+        for count, record in enumerate(records, start=1):
+            for kind, value in record.items():
+                txn.put(_key(kind, count), value)
+            if count % commit_every == 0:
+                txn.commit()
+                txn = env.begin(write=True)
+        txn.put(NUM_SAMPLES_KEY, str(count).encode("ascii"))
+        txn.commit()
+    finally:
+        env.close()
+    return count
+
+
+def write_textzoom_lmdb(
+    path: str | os.PathLike,
+    samples: Iterable[tuple[Image.Image | bytes, Image.Image | bytes, str]],
+    map_size: int = 1 << 36,
+    commit_every: int = 1000,
+    image_format: str = "PNG",
+) -> int:
+    """Write (HR, LR, label) pairs in TextZoom format (PIL images are PNG-encoded; bytes are stored as given)."""
+    records = (
+        {
+            "label": label.encode("utf-8"),
+            "image_hr": encode_image(hr, image_format),
+            "image_lr": encode_image(lr, image_format),
+        }
+        for hr, lr, label in samples
+    )
+    return _write_records(path, records, map_size, commit_every)
+
+
+def write_str_lmdb(
+    path: str | os.PathLike,
+    samples: Iterable[tuple[Image.Image | bytes, str]],
+    map_size: int = 1 << 36,
+    commit_every: int = 1000,
+    image_format: str = "PNG",
+) -> int:
+    """Write (image, label) records in the STR benchmark format (`image-%09d`)."""
+    records = ({"label": label.encode("utf-8"), "image": encode_image(image, image_format)} for image, label in samples)
+    return _write_records(path, records, map_size, commit_every)
+
+
+def inspect_lmdb(path: str | os.PathLike) -> dict:
+    """Counts, HR/LR size histograms ("HxW" -> count), label charset and unreadable records of an LMDB."""
+    hr_sizes: Counter[str] = Counter()
+    lr_sizes: Counter[str] = Counter()
+    charset: set[str] = set()
+    unreadable: list[str] = []
+    with _process_env(str(path)).begin(write=False) as txn:
+        num_samples = read_num_samples(txn, path)
+        paired = txn.get(_key("image_hr", 1)) is not None or txn.get(_key("image", 1)) is None
+        kinds = [("image_hr", hr_sizes), ("image_lr", lr_sizes)] if paired else [("image", hr_sizes)]
+        for number in range(1, num_samples + 1):
+            raw_label = txn.get(_key("label", number))
+            if raw_label is None:
+                unreadable.append(_key("label", number).decode())
+            else:
+                charset.update(raw_label.decode("utf-8", errors="replace"))
+            for kind, sizes in kinds:
+                try:
+                    image = decode_image(txn.get(_key(kind, number)))
+                    sizes[f"{image.height}x{image.width}"] += 1
+                except OSError:
+                    unreadable.append(_key(kind, number).decode())
+    return {
+        "path": str(path),
+        "format": "textzoom" if paired else "str",
+        "num_samples": num_samples,
+        "hr_sizes": dict(hr_sizes.most_common()),
+        "lr_sizes": dict(lr_sizes.most_common()),
+        "charset": "".join(sorted(charset)),
+        "unreadable": unreadable,
+    }
