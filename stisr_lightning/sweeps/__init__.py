@@ -1,0 +1,1 @@
+"""Sweeps: sweep files -> cells -> stisr-train runs -> results store -> paper-shaped tables."""

@@ -1,0 +1,199 @@
+"""Sweep spec -> cells. A cell is (hash of the resolved experiment config, seed): rows of different tables that
+resolve to the same config share one cell, so it is trained once.
+
+Configs are resolved with stisr-train's own parser (no class is instantiated), which also validates every override
+key and value before anything trains.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stisr_lightning.sweeps.spec import Preset, Row, SweepSpec, SweepSpecError, Table
+
+SYNTHETIC_SUBSETS = ("easy", "medium", "hard")
+OUT_PLACEHOLDER = "$OUT"
+UNHASHED_KEYS = ("config", "seed_everything", "__path__")  # seed is the cell's second coordinate
+ERROR_HINTS = ("not accepted", "unrecognized", "not a valid", "expected a", "does not exist", "not found", "invalid")
+
+
+@dataclass
+class Cell:
+    cell_id: str  # "<config hash>-s<seed>", also the run folder name
+    config_hash: str
+    seed: int
+    subcommand: str
+    base: Path
+    overrides: dict[str, Any]  # preset, synthetic data, then row: later keys win
+    members: list[tuple[str, str]] = field(default_factory=list)  # (table id, row name)
+
+    def argv(self, run_dir: Path) -> list[str]:
+        """stisr-train arguments (after the program name)."""
+        flags = [f"--{key}={format_value(value)}" for key, value in self.overrides.items()]
+        return [self.subcommand, "--config", str(self.base), *flags, f"--seed_everything={self.seed}",
+                f"--trainer.default_root_dir={run_dir}"]
+
+
+@dataclass
+class Expansion:
+    cells: dict[str, Cell]  # by cell id, in first-seen order
+    by_row: dict[tuple[str, str], list[str]]  # (table id, row) -> cell ids (one per seed)
+    tables: list[Table]
+    data_dir: Path | None  # synthetic data the preset needs (made by the runner)
+
+
+def format_value(value: Any) -> str:
+    """A command-line value jsonargparse reads back as the same YAML value."""
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def synthetic_dir(out_dir: Path, preset: Preset) -> Path | None:
+    data = preset.synthetic
+    return None if data is None else out_dir / "data" / f"synthetic-{data.train}-{data.test}-s{data.seed}"
+
+
+def _one_line(message: str) -> str:
+    lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()]
+    hinted = [line for line in lines if any(h in line.lower() for h in ERROR_HINTS) and "NoneType" not in line]
+    return (hinted or lines or ["invalid configuration"])[0][:300]
+
+
+def _strip(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _strip(item) for key, item in value.items() if key not in UNHASHED_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_strip(item) for item in value]
+    return value
+
+
+class ConfigResolver:
+    """stisr-train's parser, built once; `resolve` returns the full config (defaults filled in) as a dict."""
+
+    def __init__(self) -> None:
+        from stisr_lightning.cli.train import STISRCLI
+
+        class _ParserReady(Exception):
+            pass
+
+        class _ParserOnly(STISRCLI):
+            def parse_arguments(self, parser, args) -> None:
+                raise _ParserReady(parser)
+
+        try:
+            _ParserOnly(args=[])
+        except _ParserReady as ready:
+            self.parser = ready.args[0]
+        parsers = [self.parser, *self.parser._subcommands_action._name_parser_map.values()]
+        for parser in parsers:
+            parser.exit_on_error = False
+
+    def resolve(self, subcommand: str, base: Path, overrides: dict[str, Any]) -> dict[str, Any]:
+        flags = [f"--{key}={format_value(value)}" for key, value in overrides.items()]
+        config = self.parser.parse_args([subcommand, "--config", str(base), *flags])
+        resolved = config[subcommand].as_dict()
+        resolved.get("trainer", {}).pop("default_root_dir", None)
+        return _strip(resolved)
+
+
+def config_hash(subcommand: str, config: dict[str, Any], out_dir: Path) -> str:
+    text = json.dumps({"subcommand": subcommand, "config": config}, sort_keys=True, default=str)
+    return hashlib.sha256(text.replace(str(out_dir), OUT_PLACEHOLDER).encode()).hexdigest()[:12]
+
+
+def producible_metrics(config: dict[str, Any]) -> re.Pattern | None:
+    """Metric keys a run of this config can write, as a pattern over its test sets and recognizers (None when the
+    config does not say)."""
+    test_sets = list((config.get("data") or {}).get("test_sets") or {})
+    recognizers = list(((config.get("model") or {}).get("init_args") or {}).get("recognizers") or {})
+    if not test_sets:
+        return None
+    datasets = {name.rsplit("/", 1)[0] for name in test_sets if "/" in name}
+    names = test_sets + [f"{dataset}/average" for dataset in datasets]
+    sets = "|".join(re.escape(name) for name in names)
+    readers = "|".join(re.escape(name) for name in recognizers) or "(?!)"
+    return re.compile(rf"test/({sets})/(({readers})/(acc|ned)|[a-z_]+)")
+
+
+class Expander:
+    def __init__(self, spec: SweepSpec, preset: Preset, out_dir: Path, resolver: ConfigResolver | None = None):
+        self.spec, self.preset, self.out_dir = spec, preset, Path(out_dir).resolve()
+        self.resolver = resolver or ConfigResolver()
+        self.data_dir = synthetic_dir(self.out_dir, preset)
+        self._data_overrides: dict[tuple[str, Path], dict[str, Any]] = {}
+
+    def _where(self, table: Table, row: Row | None = None) -> str:
+        return f"{self.spec.path}: table {table.id}" + (f": row {row.name!r}" if row else "")
+
+    def _resolve(self, where: str, subcommand: str, base: Path, overrides: dict[str, Any], blame: dict[str, Any]):
+        try:
+            return self.resolver.resolve(subcommand, base, overrides)
+        except Exception as error:  # jsonargparse raises ArgumentError, class imports may raise anything
+            message = _one_line(str(error))
+            fixed = {key: value for key, value in overrides.items() if key not in blame}
+            for key, value in blame.items():
+                try:
+                    self.resolver.resolve(subcommand, base, {**fixed, key: value})
+                except Exception as single:
+                    raise SweepSpecError(f"{where}: key {key!r} (value {value!r}) is not valid for {base.name} "
+                                         f"[{subcommand}]: {_one_line(str(single))}") from None
+            raise SweepSpecError(f"{where}: {base.name} [{subcommand}]: {message}") from None
+
+    def data_overrides(self, table: Table, row: Row) -> dict[str, Any]:
+        """Checks the preset on this base, and points train_dirs / test_sets at the preset's synthetic data (same
+        test set names as the base)."""
+        key = (row.subcommand, row.base)
+        if key not in self._data_overrides:
+            config = self._resolve(f"{self._where(table, row)}: preset {self.preset.name!r}", row.subcommand, row.base,
+                                   self.preset.overrides, self.preset.overrides)
+            if self.data_dir is None:
+                self._data_overrides[key] = {}
+                return {}
+            test_sets = dict((config.get("data") or {}).get("test_sets") or {})
+            unknown = [name for name in test_sets if name.rsplit("/", 1)[-1] not in SYNTHETIC_SUBSETS]
+            if unknown:
+                raise SweepSpecError(f"{self._where(table, row)}: preset {self.preset.name!r} makes synthetic data "
+                                     f"({', '.join(SYNTHETIC_SUBSETS)}) but {row.base.name} tests on {unknown[0]!r}")
+            self._data_overrides[key] = {
+                "data.train_dirs": [str(self.data_dir / "train")],
+                "data.test_sets": {name: str(self.data_dir / "test" / name.rsplit("/", 1)[-1]) for name in test_sets},
+            }
+        return self._data_overrides[key]
+
+    def expand(self, seeds: list[int] | None = None, only: list[str] | None = None) -> Expansion:
+        seeds = list(seeds or self.spec.seeds)
+        names = {row.name for table in self.spec.tables for row in table.rows}
+        missing = sorted(set(only or []) - names)
+        if missing:
+            raise SweepSpecError(f"{self.spec.path}: --only {missing[0]!r} is not a row of any table")
+        cells: dict[str, Cell] = {}
+        by_row: dict[tuple[str, str], list[str]] = {}
+        for table in self.spec.tables:
+            for row in table.rows:
+                if only and row.name not in only:
+                    continue
+                overrides = {**self.preset.overrides, **self.data_overrides(table, row), **row.overrides}
+                config = self._resolve(self._where(table, row), row.subcommand, row.base, overrides, row.overrides)
+                self._check_columns(table, row, config)
+                digest = config_hash(row.subcommand, config, self.out_dir)
+                for seed in seeds:
+                    cell_id = f"{digest}-s{seed}"
+                    cell = cells.setdefault(cell_id, Cell(cell_id, digest, seed, row.subcommand, row.base, overrides))
+                    cell.members.append((table.id, row.name))
+                    by_row.setdefault((table.id, row.name), []).append(cell_id)
+        return Expansion(cells, by_row, self.spec.tables, self.data_dir)
+
+    def _check_columns(self, table: Table, row: Row, config: dict[str, Any]) -> None:
+        pattern = producible_metrics(config)
+        if pattern is None:
+            return
+        for column in table.columns:
+            metric = self.spec.metric(column, self.preset)
+            if not pattern.fullmatch(metric):
+                raise SweepSpecError(f"{self._where(table, row)}: column {column.name!r}: no run can produce metric "
+                                     f"{metric!r} (test sets and recognizers of {row.base.name} with preset "
+                                     f"{self.preset.name!r})")

@@ -1,0 +1,177 @@
+"""`stisr-sweep`: train/evaluate every cell of a sweep file and print its tables beside the paper's numbers.
+
+    stisr-sweep sweeps/baselines.yaml --preset tiny            # run (or resume) and print the tables
+    stisr-sweep ablations/lemma.yaml --preset small --workers 4 --storage postgresql://host/db
+    stisr-sweep baselines --dry-run                            # validate and list the cells
+    stisr-sweep baselines --emit-slurm sweep.sbatch --workers 8 --storage postgresql://host/db
+    stisr-sweep report baselines --preset tiny                 # rebuild the tables from the store
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from stisr_lightning.sweeps.expand import Expander, Expansion
+from stisr_lightning.sweeps.run import SweepRunner, stisr_train_command
+from stisr_lightning.sweeps.spec import SweepSpec, SweepSpecError, load_spec, sweeps_root
+from stisr_lightning.sweeps.store import DONE, FAILED, PENDING, CellStore, default_url
+from stisr_lightning.sweeps.tables import write_tables
+
+
+def build_parser(report: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stisr-sweep" + (" report" if report else ""), description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("spec", help="sweep file: a path, or a name under sweeps/ (e.g. ablations/lemma.yaml)")
+    parser.add_argument("--preset", default="tiny", help="tiny (CPU CI), small (one GPU) or full (the paper's recipe)")
+    parser.add_argument("--out", type=Path, help="sweep folder (default runs/sweeps/<name>-<preset>)")
+    parser.add_argument("--storage", help="SQLAlchemy URL of the results store (default sqlite:///<out>/store.db)")
+    parser.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (by name)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="override the sweep file's seeds")
+    if report:
+        return parser
+    parser.add_argument("--workers", type=int, default=1, help="cells run at once on this machine")
+    parser.add_argument("--devices-per-worker", type=int, default=1, help="GPUs per worker (CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    parser.add_argument("--dry-run", action="store_true", help="validate, list the cells and their commands, stop")
+    parser.add_argument("--emit-slurm", type=Path, metavar="FILE", help="write a SLURM array script (one task per worker)")
+    parser.add_argument("--heartbeat", type=float, default=30.0, help="seconds between a worker's heartbeats")
+    parser.add_argument("--stale-after", type=float, default=300.0,
+                        help="a running claim without a heartbeat for this long is taken over")
+    return parser
+
+
+def _setup(args: argparse.Namespace) -> tuple[SweepSpec, Expander, Expansion, Path, float]:
+    spec = load_spec(args.spec)
+    if args.preset not in spec.presets:
+        raise SweepSpecError(f"{spec.path}: no preset {args.preset!r} (presets: {', '.join(spec.presets)})")
+    out = (args.out or Path("runs") / "sweeps" / f"{spec.name}-{args.preset}").resolve()
+    began = time.perf_counter()
+    expander = Expander(spec, spec.presets[args.preset], out)
+    expansion = expander.expand(args.seeds, args.only)
+    return spec, expander, expansion, out, time.perf_counter() - began
+
+
+def ensure_synthetic(expansion: Expansion, expander: Expander) -> None:
+    """Makes the preset's synthetic data once; concurrent workers build in private folders, the first rename wins."""
+    target, data = expansion.data_dir, expander.preset.synthetic
+    if target is None or target.exists():
+        return
+    from stisr_lightning.data.synthetic import make_synthetic
+
+    scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"stisr-sweep: making synthetic data ({data.train} train, {data.test} test, seed {data.seed}) in {target}")
+    make_synthetic(scratch, train=data.train, test=data.test, seed=data.seed, workers=min(4, os.cpu_count() or 1))
+    try:
+        os.rename(scratch, target)
+    except OSError:  # another worker finished first
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def print_dry_run(expansion: Expansion, out: Path, statuses: dict[str, str]) -> None:
+    print(f"{len(expansion.cells)} cells (out: {out})")
+    for cell in expansion.cells.values():
+        members = ", ".join(f"{table}/{row}" for table, row in cell.members)
+        print(f"\n{cell.cell_id} [{statuses.get(cell.cell_id, 'new')}] {members}")
+        print("  " + shlex.join(stisr_train_command(cell, out / "cells" / cell.cell_id)))
+
+
+def emit_slurm(path: Path, args: argparse.Namespace, spec: SweepSpec, out: Path, url: str) -> None:
+    command = ["stisr-sweep", str(spec.path), "--preset", args.preset, "--out", str(out), "--storage", url,
+               "--workers", "1", "--devices-per-worker", str(args.devices_per_worker)]
+    command += ["--seeds", *map(str, args.seeds)] if args.seeds else []
+    command += ["--only", *args.only] if args.only else []
+    lines = [
+        "#!/bin/bash",
+        f"#SBATCH --job-name=stisr-sweep-{spec.name}",
+        f"#SBATCH --array=0-{max(1, args.workers) - 1}",
+        f"#SBATCH --gpus-per-task={args.devices_per_worker}",
+        f"#SBATCH --output={out}/slurm/%A_%a.out",
+        "# Each array task is one worker of the same sweep: all share the store below, claim pending cells one at a",
+        "# time and exit when none is left; the last one to finish prints the complete tables.",
+    ]
+    if url.startswith("sqlite"):
+        lines.append("# SQLite works for a few workers on one node; use a PostgreSQL URL across nodes (not SQLite on NFS).")
+    lines += [f"cd {shlex.quote(str(sweeps_root(spec.path).parent))}", f"mkdir -p {shlex.quote(str(out / 'slurm'))}",
+              shlex.join(command), ""]
+    path.write_text("\n".join(lines))
+    path.chmod(0o755)
+    print(f"wrote {path}: sbatch {path}")
+
+
+def print_tables(spec: SweepSpec, expander: Expander, expansion: Expansion, store: CellStore, out: Path) -> dict:
+    records = store.records(expansion.cells)
+    for _, text in write_tables(spec, expander.preset, expansion, records, out).values():
+        print(f"\n{text}")
+    print(f"tables: {out / 'tables'}")
+    return records
+
+
+def summarize(expansion: Expansion, records: dict, expand_s: float, runner: SweepRunner | None) -> int:
+    statuses = [records[cell_id].status if cell_id in records else PENDING for cell_id in expansion.cells]
+    count = {status: statuses.count(status) for status in set(statuses)}
+    ran = len(runner.summary.ran) + len(runner.summary.failed) if runner else 0
+    print(f"\n{len(expansion.cells)} cells: {count.get(DONE, 0)} done, {count.get(FAILED, 0)} failed, "
+          f"{len(expansion.cells) - count.get(DONE, 0) - count.get(FAILED, 0)} pending/running; {ran} ran now")
+    overheads = [r.overhead_s for r in records.values() if r.overhead_s is not None]
+    line = f"engine overhead: expansion + validation {expand_s:.2f} s ({expand_s / max(1, len(expansion.cells)):.2f} s/cell)"
+    if overheads:
+        line += (f"; per cell outside stisr-train: mean {1000 * statistics.mean(overheads):.0f} ms, "
+                 f"max {1000 * max(overheads):.0f} ms")
+    print(line)
+    for cell_id, record in records.items():
+        if record.status == FAILED:
+            members = ", ".join(f"{t}/{r}" for t, r in expansion.cells[cell_id].members)
+            print(f"failed {cell_id} [{members}]: {record.error}\n  log: {record.log_path}")
+    if runner and runner.summary.interrupted:
+        return 130
+    return 1 if count.get(FAILED) else 0
+
+
+def run(argv: list[str]) -> int:
+    report = bool(argv) and argv[0] == "report"
+    args = build_parser(report).parse_args(argv[1:] if report else argv)
+    spec, expander, expansion, out, expand_s = _setup(args)
+    url = args.storage or default_url(out)
+    if not report and args.emit_slurm:
+        emit_slurm(args.emit_slurm, args, spec, out, url)
+        return 0
+    if not report and args.dry_run:
+        known = out / "store.db"
+        store = CellStore(url) if args.storage or known.exists() else None
+        statuses = {k: r.status for k, r in store.records(expansion.cells).items()} if store else {}
+        print_dry_run(expansion, out, statuses)
+        return 0
+    out.mkdir(parents=True, exist_ok=True)
+    store = CellStore(url)
+    runner = None
+    if not report:
+        runner = SweepRunner(store, list(expansion.cells.values()), out, workers=args.workers,
+                             devices_per_worker=args.devices_per_worker, cwd=sweeps_root(spec.path).parent,
+                             heartbeat_s=args.heartbeat, stale_after_s=args.stale_after)
+        runner.register(args.retry_failed)
+        if store.pending(expansion.cells):
+            ensure_synthetic(expansion, expander)
+        runner.run()
+    records = print_tables(spec, expander, expansion, store, out)
+    return summarize(expansion, records, expand_s, runner)
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        code = run(sys.argv[1:] if argv is None else argv)
+    except SweepSpecError as error:
+        print(f"stisr-sweep: error: {error}", file=sys.stderr)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,341 @@
+"""Sweep files: a paper's tables as YAML (format documented in sweeps/README.md).
+
+Loading checks the structure only (keys, types, names); whether each override names a real config key and whether
+each column's metric can be produced is checked in `expand.py`, where the experiment parser is at hand.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+SUBCOMMANDS = ("fit", "test")
+PACKAGE_REPO = Path(__file__).resolve().parents[2]
+
+TOP_KEYS = {"name", "paper", "description", "seeds", "vars", "presets", "tables", "reference"}
+TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "notes"}
+ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand"}
+COLUMN_KEYS = {"name", "metric", "scale", "group", "decimals", "reference_column"}
+PRESET_KEYS = {"description", "overrides", "synthetic", "vars"}
+SYNTHETIC_KEYS = {"train", "test", "seed"}
+
+
+class SweepSpecError(ValueError):
+    """A sweep file is invalid; the message is one line naming file, table, row and key."""
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    metric: str  # a results.json metric key; may use {var} placeholders filled from the preset's vars
+    scale: float = 1.0
+    group: str | None = None
+    decimals: int = 2
+    reference_column: str | None = None
+
+    @property
+    def reference_key(self) -> str:
+        """How reference CSVs name this column: `reference_column`, else `group/name`, else `name`."""
+        return self.reference_column or (f"{self.group}/{self.name}" if self.group else self.name)
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    base: Path
+    subcommand: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Reference:
+    value: float
+    source: str
+
+
+@dataclass
+class Table:
+    id: str
+    title: str
+    rows: list[Row]
+    columns: list[Column]
+    notes: str = ""
+    reference: dict[tuple[str, str], Reference] = field(default_factory=dict)  # (row, column.reference_key)
+
+
+@dataclass(frozen=True)
+class Synthetic:
+    """Synthetic data a preset needs (`make_synthetic(out, train, test, seed)`): made once, cached by the engine."""
+
+    train: int
+    test: int
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    overrides: dict[str, Any]
+    synthetic: Synthetic | None
+    vars: dict[str, str]
+    description: str = ""
+
+
+@dataclass
+class SweepSpec:
+    path: Path
+    name: str
+    paper: str
+    seeds: list[int]
+    presets: dict[str, Preset]
+    tables: list[Table]
+    description: str = ""
+
+    def metric(self, column: Column, preset: Preset) -> str:
+        return column.metric.format_map(preset.vars)
+
+
+def resolve_spec_path(spec: str | Path) -> Path:
+    """A path, or a name under `sweeps/` (cwd first, then the repository this package lives in); `.yaml` optional."""
+    candidates = []
+    for name in (str(spec), f"{spec}.yaml"):
+        candidates += [Path(name), Path("sweeps") / name, PACKAGE_REPO / "sweeps" / name]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    raise SweepSpecError(f"sweep file {spec!r} not found (looked in ., sweeps/ and {PACKAGE_REPO / 'sweeps'})")
+
+
+def sweeps_root(path: Path) -> Path:
+    """The `sweeps/` folder a sweep file lives in (its repo's experiments/ is beside it)."""
+    for parent in path.parents:
+        if parent.name == "sweeps":
+            return parent
+    return PACKAGE_REPO / "sweeps"
+
+
+def _fail(where: str, message: str) -> SweepSpecError:
+    return SweepSpecError(f"{where}: {message}")
+
+
+def _check_keys(where: str, data: Any, allowed: set[str], what: str) -> None:
+    if not isinstance(data, dict):
+        raise _fail(where, f"{what} must be a mapping, got {type(data).__name__}")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise _fail(where, f"unknown {what} key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+
+
+def _overrides(where: str, data: Any) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(key, str) and key for key in data):
+        raise _fail(where, "overrides must map dotted config keys to values")
+    return dict(data)
+
+
+def _base(where: str, value: Any, experiments: Path) -> Path:
+    if not isinstance(value, str):
+        raise _fail(where, f"base must be an experiment YAML path relative to {experiments}, got {value!r}")
+    path = experiments / value
+    if not path.is_file():
+        raise _fail(where, f"base experiment {value!r} not found in {experiments}")
+    return path.resolve()
+
+
+def _subcommand(where: str, value: Any) -> str:
+    if value not in SUBCOMMANDS:
+        raise _fail(where, f"subcommand must be one of {', '.join(SUBCOMMANDS)}, got {value!r}")
+    return value
+
+
+def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experiments: Path) -> list[Row]:
+    if not isinstance(entries, list) or not entries:
+        raise _fail(where, "rows must be a non-empty list")
+    rows: list[Row] = []
+    for position, entry in enumerate(entries):
+        label = entry.get("name", f"#{position}") if isinstance(entry, dict) else f"#{position}"
+        here = f"{where}: row {label!r}"
+        _check_keys(here, entry, ROW_KEYS, "row")
+        row_base = _base(here, entry["base"], experiments) if "base" in entry else base
+        if row_base is None:
+            raise _fail(here, "no base experiment (set `base` on the table or the row)")
+        row_sub = _subcommand(here, entry.get("subcommand", subcommand))
+        overrides = _overrides(here, entry.get("overrides"))
+        if "grid" not in entry:
+            if "name" not in entry or not isinstance(entry["name"], str):
+                raise _fail(here, "a row needs a `name` (or a `grid`)")
+            rows.append(Row(entry["name"], row_base, row_sub, overrides))
+            continue
+        grid = entry["grid"]
+        if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
+            raise _fail(here, "grid must map dotted config keys to non-empty lists of values")
+        template = entry.get("name")
+        for values in itertools.product(*grid.values()):
+            point = dict(zip(grid, values))
+            short = {key.rsplit(".", 1)[-1]: value for key, value in point.items()}
+            try:
+                name = template.format(**short) if template else ", ".join(f"{k}={v}" for k, v in short.items())
+            except (KeyError, IndexError) as error:
+                raise _fail(here, f"grid name template {template!r} uses unknown field {error}") from None
+            rows.append(Row(name, row_base, row_sub, {**overrides, **point}))
+    names = [row.name for row in rows]
+    duplicates = sorted({name for name in names if names.count(name) > 1})
+    if duplicates:
+        raise _fail(where, f"duplicate row name {duplicates[0]!r}")
+    return rows
+
+
+def _columns(where: str, entries: Any) -> list[Column]:
+    if not isinstance(entries, list) or not entries:
+        raise _fail(where, "columns must be a non-empty list")
+    columns = []
+    for position, entry in enumerate(entries):
+        here = f"{where}: column {entry.get('name', f'#{position}') if isinstance(entry, dict) else f'#{position}'!r}"
+        _check_keys(here, entry, COLUMN_KEYS, "column")
+        if not isinstance(entry.get("name"), str) or not isinstance(entry.get("metric"), str):
+            raise _fail(here, "a column needs a string `name` and a string `metric` (a results.json metric key)")
+        if not isinstance(entry.get("scale", 1.0), (int, float)) or not isinstance(entry.get("decimals", 2), int):
+            raise _fail(here, "scale must be a number and decimals an integer")
+        columns.append(Column(**entry))
+    labels = [(column.group, column.name) for column in columns]
+    duplicates = [label for label in labels if labels.count(label) > 1]
+    if duplicates:
+        raise _fail(where, f"duplicate column {'/'.join(filter(None, duplicates[0]))!r}")
+    return columns
+
+
+def _inline_reference(where: str, data: Any, table: Table) -> None:
+    if data is None:
+        return
+    if not isinstance(data, dict):
+        raise _fail(where, "reference must map row names to a list (column order) or a mapping of column -> value")
+    rows = {row.name for row in table.rows}
+    for row, values in data.items():
+        if row not in rows:
+            raise _fail(where, f"reference row {row!r} is not a row of the table")
+        if isinstance(values, list):
+            if len(values) != len(table.columns):
+                raise _fail(where, f"reference row {row!r} has {len(values)} values for {len(table.columns)} columns")
+            values = {column.reference_key: value for column, value in zip(table.columns, values)}
+        if not isinstance(values, dict):
+            raise _fail(where, f"reference row {row!r} must be a list or a mapping")
+        keys = {column.reference_key for column in table.columns}
+        for key, value in values.items():
+            if key not in keys:
+                raise _fail(where, f"reference column {key!r} (row {row!r}) is not a column of the table")
+            if value is not None:
+                table.reference[(row, key)] = Reference(float(value), "sweep file")
+
+
+def _normalized(text: str) -> str:
+    return "".join(str(text).lower().split())
+
+
+def read_reference_csv(path: Path, tables: list[Table]) -> None:
+    """Adds `table,row,column,value,source` records to the tables they name; rows/columns we lack are skipped.
+    Numbers already given inline in the sweep file win."""
+    if not path.is_file():
+        return
+    by_id = {_normalized(table.id): table for table in tables}
+    with open(path, newline="") as handle:
+        for record in csv.DictReader(handle):
+            table = by_id.get(_normalized(record.get("table", "")))
+            if table is None or record.get("value") in (None, ""):
+                continue
+            rows = {_normalized(row.name): row.name for row in table.rows}
+            columns = {_normalized(column.reference_key): column.reference_key for column in table.columns}
+            row, column = rows.get(_normalized(record["row"])), columns.get(_normalized(record["column"]))
+            if row and column:
+                try:
+                    value = float(str(record["value"]).rstrip("%"))
+                except ValueError:
+                    raise SweepSpecError(f"{path}: table {table.id}: value {record['value']!r} is not a number") from None
+                table.reference.setdefault((row, column), Reference(value, record.get("source") or path.name))
+
+
+def _presets(where: str, data: Any, default_vars: dict[str, str]) -> dict[str, Preset]:
+    if not isinstance(data, dict) or not data:
+        raise _fail(where, "presets must map preset names (tiny, small, full) to settings")
+    presets = {}
+    for name, entry in data.items():
+        here = f"{where}: preset {name!r}"
+        _check_keys(here, entry, PRESET_KEYS, "preset")
+        synthetic = entry.get("synthetic")
+        if synthetic is not None:
+            _check_keys(here, synthetic, SYNTHETIC_KEYS, "synthetic")
+            if not all(isinstance(synthetic.get(key, 0), int) for key in SYNTHETIC_KEYS) or "train" not in synthetic:
+                raise _fail(here, "synthetic needs integer train, test (and optional seed)")
+            synthetic = Synthetic(**synthetic)
+        variables = {**default_vars, **_string_map(here, entry.get("vars"), "vars")}
+        overrides = _overrides(here, entry.get("overrides"))
+        presets[name] = Preset(name, overrides, synthetic, variables, entry.get("description", ""))
+    return presets
+
+
+def _string_map(where: str, data: Any, what: str) -> dict[str, str]:
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise _fail(where, f"{what} must be a mapping")
+    return {str(key): str(value) for key, value in data.items()}
+
+
+def load_spec(spec: str | Path) -> SweepSpec:
+    path = resolve_spec_path(spec)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise SweepSpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    where = str(path)
+    _check_keys(where, data, TOP_KEYS, "top-level")
+    for key in ("name", "paper", "tables", "presets"):
+        if key not in data:
+            raise _fail(where, f"missing top-level key {key!r}")
+    seeds = data.get("seeds", [0])
+    if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
+        raise _fail(where, "seeds must be a non-empty list of integers")
+    root = sweeps_root(path)
+    experiments = root.parent / "experiments"
+    default_vars = _string_map(where, data.get("vars"), "vars")
+    presets = _presets(where, data["presets"], default_vars)
+    if not isinstance(data["tables"], list) or not data["tables"]:
+        raise _fail(where, "tables must be a non-empty list")
+    tables: list[Table] = []
+    for position, entry in enumerate(data["tables"]):
+        here = f"{where}: table {entry.get('id', f'#{position}') if isinstance(entry, dict) else f'#{position}'}"
+        _check_keys(here, entry, TABLE_KEYS, "table")
+        for key in ("id", "rows", "columns"):
+            if key not in entry:
+                raise _fail(here, f"missing table key {key!r}")
+        base = _base(here, entry["base"], experiments) if "base" in entry else None
+        subcommand = _subcommand(here, entry.get("subcommand", "fit"))
+        table = Table(
+            id=str(entry["id"]),
+            title=str(entry.get("title", entry["id"])),
+            rows=_rows(here, entry["rows"], base, subcommand, experiments),
+            columns=_columns(here, entry["columns"]),
+            notes=str(entry.get("notes", "")),
+        )
+        for column in table.columns:
+            for preset in presets.values():
+                try:
+                    column.metric.format_map(preset.vars)
+                except (KeyError, ValueError) as error:
+                    raise _fail(f"{here}: column {column.name!r}", f"metric {column.metric!r}: unknown var {error} "
+                                f"in preset {preset.name!r}") from None
+        _inline_reference(here, entry.get("reference"), table)
+        tables.append(table)
+    ids = [table.id for table in tables]
+    if len(set(ids)) != len(ids):
+        raise _fail(where, f"duplicate table id {next(i for i in ids if ids.count(i) > 1)!r}")
+    reference = data.get("reference", f"references/{data['paper']}.csv")
+    if not isinstance(reference, str):
+        raise _fail(where, "reference must be a CSV path relative to sweeps/ (table,row,column,value,source)")
+    read_reference_csv(root / reference, tables)
+    return SweepSpec(path, str(data["name"]), str(data["paper"]), seeds, presets, tables, data.get("description", ""))

@@ -1,0 +1,182 @@
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stisr_lightning.sweeps.expand import Expander, format_value
+from stisr_lightning.sweeps.spec import SweepSpecError, load_spec
+
+os.environ["WANDB_MODE"] = "disabled"
+REPO = Path(__file__).resolve().parents[1]
+SWEEP_FILES = sorted(path for path in (REPO / "sweeps").rglob("*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def resolver():
+    from stisr_lightning.sweeps.expand import ConfigResolver
+
+    return ConfigResolver()
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    """A throwaway repo layout: sweeps/ beside a link to the real experiments/."""
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "experiments").symlink_to(REPO / "experiments")
+    return tmp_path / "sweeps"
+
+
+def minimal(**changes):
+    spec = {
+        "name": "t",
+        "paper": "none",
+        "seeds": [0],
+        "presets": {"tiny": {"overrides": {"trainer.max_steps": 2}}},
+        "tables": [{
+            "id": "T1",
+            "title": "t",
+            "base": "srcnn.yaml",
+            "rows": [{"name": "a"}, {"name": "b", "overrides": {"model.init_args.lr": 0.5}}],
+            "columns": [{"name": "Easy", "group": "CRNN", "metric": "test/synthetic/easy/easyocr/acc", "scale": 100}],
+        }],
+    }
+    for key, value in changes.items():
+        spec[key] = value
+    return spec
+
+
+def write(sweep_dir, spec, name="t.yaml"):
+    path = sweep_dir / name
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
+def test_every_sweep_file_loads_and_expands(path, resolver, tmp_path):
+    spec = load_spec(path)
+    for preset in spec.presets.values():
+        expansion = Expander(spec, preset, tmp_path, resolver).expand()
+        rows = {(table.id, row.name) for table in spec.tables for row in table.rows}
+        assert set(expansion.by_row) == rows
+        assert all(len(ids) == len(spec.seeds) for ids in expansion.by_row.values())
+
+
+def test_baselines_layout_and_references(resolver, tmp_path):
+    spec = load_spec("baselines")
+    table = spec.tables[0]
+    assert [row.name for row in table.rows] == ["Bicubic", "SRCNN", "SRResNet", "TSRN"]
+    assert [(c.group, c.name) for c in table.columns][:4] == [("ASTER", n) for n in ("Easy", "Medium", "Hard", "Average")]
+    assert table.rows[0].subcommand == "test" and table.rows[1].subcommand == "fit"
+    # the paper's numbers come from sweeps/references/lemma.csv (BICUBIC / ASTER/easy = 67.4 in LEMMA Table 3)
+    assert table.reference[("Bicubic", "ASTER/Easy")].value == pytest.approx(67.4)
+    assert table.reference[("TSRN", "CRNN/Average")].value == pytest.approx(41.4)
+    assert spec.metric(table.columns[4], spec.presets["tiny"]) == "test/synthetic/easy/tesseract/acc"
+    assert spec.metric(table.columns[0], spec.presets["full"]) == "test/textzoom/easy/ppocr/acc"
+    cells = Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand().cells
+    bicubic = next(cell for cell in cells.values() if cell.members == [("T3", "Bicubic")])
+    data = tmp_path.resolve() / "data" / "synthetic-48-24-s0"
+    assert bicubic.overrides["data.test_sets"]["synthetic/hard"] == str(data / "test" / "hard")
+    assert bicubic.argv(Path("/r"))[:3] == ["test", "--config", str(REPO / "experiments" / "bicubic.yaml")]
+
+
+def test_identical_cells_are_deduplicated_across_tables(sweep_dir, resolver, tmp_path):
+    second = {"id": "T2", "base": "srcnn.yaml", "columns": minimal()["tables"][0]["columns"],
+              "rows": [{"name": "same as a"}, {"name": "lr 0.5 too", "overrides": {"model.init_args.lr": 0.5}},
+                       {"name": "other", "overrides": {"model.init_args.lr": 0.25}}]}
+    spec_dict = minimal(seeds=[0, 1])
+    spec_dict["tables"].append(second)
+    spec = load_spec(write(sweep_dir, spec_dict))
+    expansion = Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand()
+    assert len(expansion.cells) == 3 * 2  # rows a, b, other x 2 seeds
+    assert expansion.by_row[("T1", "a")] == expansion.by_row[("T2", "same as a")]
+    assert expansion.by_row[("T1", "b")] == expansion.by_row[("T2", "lr 0.5 too")]
+    shared = expansion.cells[expansion.by_row[("T1", "b")][1]]
+    assert shared.seed == 1 and shared.members == [("T1", "b"), ("T2", "lr 0.5 too")]
+    # the hash ignores where the sweep writes: another --out gives the same cells
+    elsewhere = Expander(spec, spec.presets["tiny"], tmp_path / "elsewhere", resolver).expand()
+    assert list(elsewhere.cells) == list(expansion.cells)
+
+
+def test_grid_rows_and_only(sweep_dir, resolver, tmp_path):
+    spec_dict = minimal()
+    spec_dict["tables"][0]["rows"] = [{"grid": {"model.init_args.lr": [0.1, 0.2], "model.init_args.weight_decay": [0, 1]},
+                                       "name": "lr={lr} wd={weight_decay}"}]
+    spec = load_spec(write(sweep_dir, spec_dict))
+    names = [row.name for row in spec.tables[0].rows]
+    assert names == ["lr=0.1 wd=0", "lr=0.1 wd=1", "lr=0.2 wd=0", "lr=0.2 wd=1"]
+    expansion = Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand(only=["lr=0.2 wd=1"])
+    (cell,) = expansion.cells.values()
+    assert cell.overrides == {"trainer.max_steps": 2, "model.init_args.lr": 0.2, "model.init_args.weight_decay": 1}
+
+
+def test_format_value_round_trips_through_the_cli_syntax():
+    assert format_value(3) == "3" and format_value(False) == "false" and format_value("a b") == "a b"
+    assert format_value({"x": [1, 2]}) == '{"x": [1, 2]}'
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": 1}, "unknown top-level key 'colour'"),
+    ({"seeds": "0"}, "seeds must be a non-empty list of integers"),
+    ({"tables": [{"id": "T1", "rows": [{"name": "a"}], "columns": [], "base": "srcnn.yaml"}]}, "columns must be"),
+    ({"tables": [{"id": "T1", "rows": [{"name": "a", "colour": 2}], "base": "srcnn.yaml",
+                  "columns": [{"name": "x", "metric": "test/a/psnr"}]}]}, "row 'a': unknown row key 'colour'"),
+    ({"tables": [{"id": "T1", "rows": [{"name": "a"}], "base": "nope.yaml",
+                  "columns": [{"name": "x", "metric": "test/a/psnr"}]}]}, "base experiment 'nope.yaml' not found"),
+    ({"tables": [{"id": "T1", "rows": [{"name": "a"}, {"name": "a"}], "base": "srcnn.yaml",
+                  "columns": [{"name": "x", "metric": "test/a/psnr"}]}]}, "duplicate row name 'a'"),
+    ({"tables": [{"id": "T1", "rows": [{"name": "a"}], "base": "srcnn.yaml",
+                  "columns": [{"name": "x", "metric": "test/{nope}/psnr"}]}]}, "unknown var 'nope'"),
+])
+def test_structural_errors_are_one_line(sweep_dir, change, message):
+    path = write(sweep_dir, minimal(**change))
+    with pytest.raises(SweepSpecError) as error:
+        load_spec(path)
+    text = str(error.value)
+    assert message in text and str(path) in text and "\n" not in text
+
+
+@pytest.mark.parametrize("row, key, message", [
+    ({"name": "bad", "overrides": {"model.init_args.generator.init_args.num_blockz": 3}},
+     "model.init_args.generator.init_args.num_blockz", "not accepted"),
+    ({"name": "bad", "overrides": {"trainer.max_stepz": 3}}, "trainer.max_stepz", "unrecognized"),
+    ({"name": "bad", "overrides": {"data.batch_size": "many"}}, "data.batch_size", ""),
+])
+def test_override_of_a_missing_config_key_names_file_table_row_and_key(sweep_dir, resolver, tmp_path, row, key, message):
+    spec_dict = minimal()
+    spec_dict["tables"][0]["rows"].append(row)
+    spec = load_spec(write(sweep_dir, spec_dict))
+    with pytest.raises(SweepSpecError) as error:
+        Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand()
+    text = str(error.value)
+    assert f"{spec.path}: table T1: row 'bad': key '{key}'" in text and message in text and "\n" not in text
+
+
+@pytest.mark.parametrize("metric, culprit", [
+    ("test/synthetic/easy/moran/acc", "moran"), ("test/textzoom/easy/easyocr/acc", "textzoom")])
+def test_column_no_run_can_produce_is_an_error(sweep_dir, resolver, tmp_path, metric, culprit):
+    spec_dict = minimal()
+    spec_dict["tables"][0]["columns"].append({"name": "x", "metric": metric})
+    spec = load_spec(write(sweep_dir, spec_dict))
+    with pytest.raises(SweepSpecError, match=f"column 'x': no run can produce metric '{metric}'"):
+        Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand()
+    averaged = minimal()
+    averaged["tables"][0]["columns"] = [{"name": "y", "metric": "test/synthetic/average/psnr"}]
+    spec = load_spec(write(sweep_dir, averaged, "ok.yaml"))
+    assert len(Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand().cells) == 2
+
+
+def test_reference_csv_and_inline_numbers(sweep_dir):
+    (sweep_dir / "references").mkdir()
+    (sweep_dir / "references" / "none.csv").write_text(
+        "table,row,column,value,source\nT1,A,crnn/easy,41.5,p.txt\nT1,a,CRNN/Easy,,p.txt\nT9,a,CRNN/Easy,1,p\n")
+    spec = load_spec(write(sweep_dir, minimal()))
+    assert spec.tables[0].reference[("a", "CRNN/Easy")].value == 41.5
+    assert spec.tables[0].reference[("a", "CRNN/Easy")].source == "p.txt"
+    inline = minimal()
+    inline["tables"][0]["reference"] = {"b": [12.0]}
+    spec = load_spec(write(sweep_dir, inline))
+    assert spec.tables[0].reference[("b", "CRNN/Easy")].value == 12.0
+    inline["tables"][0]["reference"] = {"c": [12.0]}
+    with pytest.raises(SweepSpecError, match="reference row 'c' is not a row"):
+        load_spec(write(sweep_dir, inline))
