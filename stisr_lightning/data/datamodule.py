@@ -1,0 +1,122 @@
+"""TextZoom-format LMDBs as a LightningDataModule with exact multi-process evaluation.
+
+The module builds its own samplers (run the trainer with `use_distributed_sampler=False`): a seeded
+DistributedSampler for training, and for validation/test an unpadded split (rank r reads r::world), so sums of
+per-sample metrics over ranks equal the single-process sums.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+
+import lightning as L
+import torch
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler, Subset
+
+from stisr_lightning.data.textzoom import TextZoomLMDB
+
+
+class UnpaddedDistributedSampler(Sampler[int]):
+    """Rank r gets indices r, r+world, r+2*world, ...: every index exactly once over all ranks, no padding."""
+
+    def __init__(self, dataset: Dataset, num_replicas: int, rank: int) -> None:
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"UnpaddedDistributedSampler: rank {rank} not in [0, {num_replicas})")
+        self.length = len(dataset)
+        self.num_replicas = num_replicas
+        self.rank = rank
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(self.rank, self.length, self.num_replicas))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.num_replicas))
+
+
+def split_train_val(length: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic held-out split of `length` training indices: (train, val), both sorted."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction={val_fraction} must be in [0, 1)")
+    val_count = min(length - 1, math.ceil(length * val_fraction)) if val_fraction > 0 else 0
+    order = torch.randperm(length, generator=torch.Generator().manual_seed(seed)).tolist()
+    return sorted(order[val_count:]), sorted(order[:val_count])
+
+
+class STISRDataModule(L.LightningDataModule):
+    """Training LMDBs (a seeded fraction held out for validation) and named test LMDBs, in TextZoom format."""
+
+    def __init__(
+        self,
+        train_dirs: list[str],
+        test_sets: dict[str, str],
+        val_fraction: float = 0.05,
+        batch_size: int = 64,
+        eval_batch_size: int = 128,
+        num_workers: int = 2,
+        mask: bool = False,
+        hr_size: tuple[int, int] = (32, 128),
+        lr_size: tuple[int, int] = (16, 64),
+        on_corrupt: str = "skip",
+        seed: int = 0,
+        max_label_length: int | None = None,
+        drop_last: bool = True,
+    ) -> None:
+        super().__init__()
+        self.train_dirs = list(train_dirs)
+        self.test_sets = dict(test_sets)
+        self.val_fraction = val_fraction
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.seed = seed
+        self.drop_last = drop_last
+        self.dataset_args = {"hr_size": tuple(hr_size), "lr_size": tuple(lr_size), "mask": mask,
+                             "on_corrupt": on_corrupt, "max_label_length": max_label_length}
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_datasets: list[Dataset] = []
+
+    @property
+    def test_set_names(self) -> list[str]:
+        return list(self.test_sets)
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in (None, "fit", "validate") and self.train_set is None:
+            if not self.train_dirs:
+                raise ValueError("STISRDataModule: train_dirs is empty")
+            full = ConcatDataset([TextZoomLMDB(path, **self.dataset_args) for path in self.train_dirs])
+            train_indices, val_indices = split_train_val(len(full), self.val_fraction, self.seed)
+            self.train_set, self.val_set = Subset(full, train_indices), Subset(full, val_indices)
+        if stage in (None, "test") and not self.test_datasets:
+            self.test_datasets = [TextZoomLMDB(path, **self.dataset_args) for path in self.test_sets.values()]
+
+    def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool = False) -> DataLoader:
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
+                          drop_last=drop_last, persistent_workers=self.num_workers > 0,
+                          pin_memory=torch.cuda.is_available())
+
+    def train_dataloader(self) -> DataLoader:
+        world, rank = self._world()
+        if world > 1:
+            sampler = DistributedSampler(self.train_set, num_replicas=world, rank=rank, shuffle=True, seed=self.seed,
+                                         drop_last=self.drop_last)
+        else:
+            sampler = torch.utils.data.RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.seed))
+        return self._loader(self.train_set, self.batch_size, sampler, drop_last=self.drop_last)
+
+    def _eval_loader(self, dataset: Dataset) -> DataLoader:
+        world, rank = self._world()
+        return self._loader(dataset, self.eval_batch_size, UnpaddedDistributedSampler(dataset, world, rank))
+
+    def val_dataloader(self) -> DataLoader:
+        return self._eval_loader(self.val_set)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._eval_loader(dataset) for dataset in self.test_datasets]
