@@ -134,9 +134,8 @@ def _producer(model: onnx.ModelProto, tensor: str) -> onnx.NodeProto:
     return node
 
 
-def _explicit_same_upper_pads(model: onnx.ModelProto) -> int:
-    """Rewrite auto_pad=SAME_UPPER (stride 1) as explicit pads, which onnx2torch converts; returns the count."""
-    rewritten = 0
+def _explicit_same_upper_pads(model: onnx.ModelProto) -> None:
+    """Rewrite auto_pad=SAME_UPPER (stride 1) as explicit pads, which onnx2torch converts."""
     for node in model.graph.node:
         attributes = {attribute.name: attribute for attribute in node.attribute}
         if "auto_pad" not in attributes or attributes["auto_pad"].s != b"SAME_UPPER":
@@ -149,8 +148,6 @@ def _explicit_same_upper_pads(model: onnx.ModelProto) -> int:
         end = [k - 1 - b for k, b in zip(kernel, begin)]  # SAME_UPPER puts the odd pixel at the end
         node.attribute.remove(attributes["auto_pad"])
         node.attribute.append(helper.make_attribute("pads", begin + end))
-        rewritten += 1
-    return rewritten
 
 
 def ppocr_torch_graph(model_path: Path) -> onnx.ModelProto:
@@ -177,7 +174,7 @@ def ppocr_torch_graph(model_path: Path) -> onnx.ModelProto:
 
 
 class PPOCRTorch(TorchRecognizer):
-    """The PP-OCR graph as a differentiable torch module (onnx2torch); logits match onnxruntime to ~1e-5.
+    """The PP-OCR graph as a differentiable torch module (onnx2torch); matches onnxruntime to ~1e-5 (relative).
 
     `features` are the SVTR neck outputs averaged over time (N, 120).
     """
