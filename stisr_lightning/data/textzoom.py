@@ -61,8 +61,12 @@ def decode_image(buffer: bytes | None) -> Image.Image:
     """Decode encoded bytes to RGB; raises OSError for missing or undecodable data."""
     if buffer is None:
         raise OSError("record missing")
-    image = Image.open(io.BytesIO(buffer))
-    return image.convert("RGB")
+    try:
+        image = Image.open(io.BytesIO(buffer))
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:  # PIL reports some broken files as SyntaxError
+        raise OSError(f"undecodable image ({error})") from None
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def image_to_tensor(image: Image.Image, mask: bool) -> torch.Tensor:
@@ -184,8 +188,10 @@ class TextZoomLMDB(Dataset):
             txn.abort()
         hr_height, hr_width = self.hr_size
         lr_height, lr_width = self.lr_size
-        hr = hr.resize((hr_width, hr_height), Image.BICUBIC)
-        lr = lr.resize((lr_width, lr_height), Image.BICUBIC)
+        if hr.size != (hr_width, hr_height):
+            hr = hr.resize((hr_width, hr_height), Image.BICUBIC)
+        if lr.size != (lr_width, lr_height):
+            lr = lr.resize((lr_width, lr_height), Image.BICUBIC)
         return {
             "hr": image_to_tensor(hr, self.mask),
             "lr": image_to_tensor(lr, self.mask),
