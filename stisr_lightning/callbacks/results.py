@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import platform
 import subprocess
 import time
@@ -19,8 +20,21 @@ from lightning.pytorch.utilities import rank_zero_only
 PACKAGES = ("stisr-lightning", "torch", "torchvision", "lightning", "torchmetrics", "kornia", "onnxruntime", "rapidocr")
 
 
+LOCATION_KEYS = {"config", "__path__", "default_root_dir", "save_dir", "dirpath"}
+"""Where a run's files live says nothing about the experiment: these keys stay out of its hash."""
+
+
+def _without_locations(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_locations(v) for k, v in value.items() if k not in LOCATION_KEYS}
+    if isinstance(value, list):
+        return [_without_locations(v) for v in value]
+    return value
+
+
 def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    canonical = json.dumps(_without_locations(config), sort_keys=True, default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def git_sha() -> str:
@@ -111,8 +125,11 @@ class ResultsWriter(Callback):
         sizes = pl_module.test_set_sizes
         datamodule = trainer.datamodule
         data_paths = list(getattr(datamodule, "train_dirs", [])) + list(getattr(datamodule, "test_sets", {}).values())
+        metrics = pl_module.test_results
         record = {
-            "metrics": pl_module.test_results,
+            # NaN marks a metric that could not be computed here (LPIPS without its backbone): JSON null, listed.
+            "metrics": {key: None if math.isnan(value) else value for key, value in metrics.items()},
+            "not_available": sorted(key for key, value in metrics.items() if math.isnan(value)),
             "test_set_sizes": sizes,
             "config": self.config,
             "config_hash": config_hash(self.config),
@@ -134,9 +151,11 @@ class ResultsWriter(Callback):
         }
         out = Path(trainer.default_root_dir) / self.filename
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(record, indent=2, sort_keys=True))
+        out.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         if self.print_tables:
             for title, table in results_tables(pl_module.test_results, pl_module.test_set_names).items():
                 if not table.empty:
-                    print(f"\n{title}\n{table.to_markdown(floatfmt='.2f' if 'accuracy' in title else '.4f')}")
+                    shown = table.astype(object).where(table.notna(), None)
+                    text = shown.to_markdown(floatfmt=".2f" if "accuracy" in title else ".4f", missingval="n/a")
+                    print(f"\n{title}\n{text}")
             print(f"\nresults: {out}")

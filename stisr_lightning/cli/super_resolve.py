@@ -37,7 +37,10 @@ def collect_inputs(inputs: list[str]) -> list[Path]:
 
 def model_input_spec(config_path: Path) -> tuple[tuple[int, int], bool]:
     """LR size and whether the model takes the mask channel, from the run's data config."""
-    data = (yaml.safe_load(config_path.read_text()).get("data") or {}).get("init_args", {})
+    data = yaml.safe_load(config_path.read_text()).get("data") or {}
+    if isinstance(data, str):  # an experiment YAML may point its data section at another file
+        data = yaml.safe_load((config_path.parent / data).read_text())
+    data = data.get("init_args", data)
     return tuple(data.get("lr_size") or (16, 64)), bool(data.get("mask", False))
 
 

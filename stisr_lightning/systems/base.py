@@ -15,7 +15,9 @@ from torch import Tensor, nn
 from torchmetrics import MetricCollection, SumMetric
 
 from stisr_lightning.losses.mix import LossMix
+from stisr_lightning.metrics.fid import TextFeatureFID
 from stisr_lightning.metrics.image import PSNR, SSIM
+from stisr_lightning.metrics.lpips import LPIPS
 from stisr_lightning.metrics.recognition import NormalizedEditDistance, WordAccuracy, weighted_average
 from stisr_lightning.models.recognizers.base import Recognizer
 from stisr_lightning.weights import load_weights
@@ -42,6 +44,8 @@ class STISRSystem(LightningModule):
         lr_decay_epochs: int | None = None,
         lr_decay_gamma: float = 0.5,
         psnr_batch_averaged: bool = False,
+        lpips_net: str | None = None,
+        fid_recognizer: str | None = None,
         sample_count: int = 8,
     ):
         """
@@ -55,6 +59,10 @@ class STISRSystem(LightningModule):
             val_recognizer: the recognizer whose accuracy is tracked on the validation split (model selection).
             lr_decay_epochs: StepLR period in epochs (the TextZoom-family recipes halve once at epoch 400).
             psnr_batch_averaged: reproduce the official per-batch PSNR/SSIM averaging instead of per image.
+            lpips_net: also report LPIPS with this backbone ('vgg' as LEMMA, 'alex'); needs the ImageNet backbone in
+                the torch hub cache, and reports "not available" (NaN) without it.
+            fid_recognizer: also report `fid_text`, the Frechet distance between SR and HR in this (differentiable)
+                recognizer's feature space; not comparable to Inception FID.
             sample_count: images per test set kept for the LR | SR | HR sample table.
         """
         super().__init__()
@@ -63,7 +71,8 @@ class STISRSystem(LightningModule):
         self.recognizers = nn.ModuleDict(recognizers or {})
         self.fine_tune_recognizers = list(fine_tune_recognizers or [])
         recognizer_weights = dict(recognizer_weights or {})
-        for name in self.fine_tune_recognizers + list(recognizer_weights) + ([val_recognizer] if val_recognizer else []):
+        named = self.fine_tune_recognizers + list(recognizer_weights) + [n for n in (val_recognizer, fid_recognizer) if n]
+        for name in named:
             if name not in self.recognizers:
                 raise ValueError(f"recognizer {name!r} is not configured (recognizers: {sorted(self.recognizers)})")
         for name, path in recognizer_weights.items():
@@ -77,6 +86,8 @@ class STISRSystem(LightningModule):
         self.recognizer_lr = recognizer_lr
         self.lr_decay_epochs, self.lr_decay_gamma = lr_decay_epochs, lr_decay_gamma
         self.psnr_batch_averaged = psnr_batch_averaged
+        self.lpips_net = lpips_net
+        self.fid_recognizer = fid_recognizer
         self.sample_count = sample_count
         self.val_metrics = self._image_metrics()
         self.val_accuracy = WordAccuracy()
@@ -149,6 +160,11 @@ class STISRSystem(LightningModule):
             raise ValueError("the data module defines no test sets (data.test_sets is empty)")
         for name in self.test_set_names:
             per_set = {"image": self._image_metrics(), "count": SumMetric()}
+            # Built at test time only, so their networks never enter training checkpoints.
+            if self.lpips_net:
+                per_set["image"].add_metrics({"lpips": LPIPS(net=self.lpips_net)})
+            if self.fid_recognizer:
+                per_set["fid_text"] = TextFeatureFID(self.recognizers[self.fid_recognizer])
             for recognizer in self.recognizers:
                 per_set[f"{recognizer}__acc"] = WordAccuracy()
                 per_set[f"{recognizer}__ned"] = NormalizedEditDistance()
@@ -160,6 +176,9 @@ class STISRSystem(LightningModule):
         sr = self.super_resolve(batch["lr"], batch)
         metrics["image"].update(sr, batch["hr"])
         metrics["count"].update(torch.tensor(float(len(batch["label"])), device=self.device))
+        if "fid_text" in metrics:
+            metrics["fid_text"].update(batch["hr"], real=True)
+            metrics["fid_text"].update(sr, real=False)
         rgb = sr[:, :3].clamp(0, 1)
         readings = {}
         for recognizer_name, recognizer in self.recognizers.items():
@@ -186,6 +205,8 @@ class STISRSystem(LightningModule):
             metrics = self.test_metrics[_slot(name)]
             sizes[name] = int(metrics["count"].compute().item())
             values = {metric: float(value) for metric, value in metrics["image"].compute().items()}
+            if "fid_text" in metrics:
+                values["fid_text"] = float(metrics["fid_text"].compute())
             for recognizer in self.recognizers:
                 values[f"{recognizer}/acc"] = float(metrics[f"{recognizer}__acc"].compute())
                 values[f"{recognizer}/ned"] = float(metrics[f"{recognizer}__ned"].compute())
@@ -193,8 +214,10 @@ class STISRSystem(LightningModule):
         per_set.update(self._subset_averages(per_set, sizes))
         self.test_results = {f"test/{name}/{metric}": v for name, values in per_set.items() for metric, v in values.items()}
         self.test_set_sizes = sizes
-        for key, value in self.test_results.items():
-            self.log(key, value, add_dataloader_idx=False, rank_zero_only=True)
+        # Logged straight to the loggers: values are already reduced over ranks and are not per dataloader.
+        if self.trainer.is_global_zero:
+            for logger in self.loggers:
+                logger.log_metrics(self.test_results, step=self.global_step)
 
     def _subset_averages(self, per_set: dict[str, dict[str, float]], sizes: dict[str, int]) -> dict[str, dict[str, float]]:
         """TextZoom reports the average over easy/medium/hard weighted by subset size; do so for every data set

@@ -1,0 +1,79 @@
+import math
+
+import pytest
+import torch
+from lightning.pytorch import Trainer
+
+from conftest import HR_GRAY, LR_GRAY
+from fakes import BrightnessRecognizer
+from stisr_lightning.data.datamodule import STISRDataModule
+from stisr_lightning.losses.mix import LossMix
+from stisr_lightning.losses.pixel import PixelMSE
+from stisr_lightning.models.generators.bicubic import Bicubic
+from stisr_lightning.models.generators.srcnn import SRCNN
+from stisr_lightning.systems.base import STISRSystem
+
+
+def datamodule(root, **overrides):
+    options = dict(
+        train_dirs=[str(root / "train")],
+        test_sets={"tiny/easy": str(root / "test" / "easy"), "tiny/medium": str(root / "test" / "medium")},
+        batch_size=4,
+        eval_batch_size=3,
+        num_workers=0,
+        mask=True,
+    )
+    return STISRDataModule(**(options | overrides))
+
+
+def quiet_trainer(**overrides) -> Trainer:
+    options = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, use_distributed_sampler=False)
+    return Trainer(**(options | overrides))
+
+
+def test_test_loop_matches_hand_computed_accuracy_and_psnr(tiny_textzoom):
+    system = STISRSystem(Bicubic(), recognizers={"brightness": BrightnessRecognizer()})
+    quiet_trainer().test(system, datamodule=datamodule(tiny_textzoom))
+    results = system.test_results
+    assert results["test/tiny/easy/brightness/acc"] == pytest.approx(4 / 6)
+    assert results["test/tiny/medium/brightness/acc"] == pytest.approx(3 / 4)
+    assert results["test/tiny/average/brightness/acc"] == pytest.approx(7 / 10)
+    bright_psnr = 20 * math.log10(255 / (HR_GRAY - LR_GRAY))
+    dark_psnr = 20 * math.log10(255 / (round(HR_GRAY * 0.2) - round(LR_GRAY * 0.2)))
+    assert results["test/tiny/easy/psnr"] == pytest.approx(bright_psnr, abs=1e-3)
+    assert results["test/tiny/medium/psnr"] == pytest.approx(dark_psnr, abs=1e-3)
+    assert results["test/tiny/average/psnr"] == pytest.approx((6 * bright_psnr + 4 * dark_psnr) / 10, abs=1e-3)
+    assert system.test_set_sizes == {"tiny/easy": 6, "tiny/medium": 4}
+    assert len(system.test_samples["tiny/easy"]["label"]) == 6
+
+
+def test_training_reduces_loss_and_frozen_recognizers_stay_out_of_checkpoints(tiny_textzoom, tmp_path):
+    torch.manual_seed(0)
+    loss = LossMix({"mse": PixelMSE()})
+    system = STISRSystem(SRCNN(in_channels=4), loss=loss, recognizers={"brightness": BrightnessRecognizer()}, lr=1e-3)
+    data = datamodule(tiny_textzoom)
+    batch = {k: v for k, v in next(iter(_train_loader(data))).items()}
+    before = loss(system.forward_train(batch), batch)[0].item()
+    trainer = quiet_trainer(max_steps=60, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(system, datamodule=data)
+    after = loss(system.forward_train(batch), batch)[0].item()
+    assert after < 0.5 * before
+    trainer.save_checkpoint(tmp_path / "model.ckpt")
+    saved = torch.load(tmp_path / "model.ckpt", weights_only=False)["state_dict"]
+    assert saved and all(key.startswith("generator.") for key in saved)
+
+
+def _train_loader(data: STISRDataModule):
+    data.setup("fit")
+    return data.train_dataloader()
+
+
+def test_unknown_recognizer_names_are_rejected():
+    with pytest.raises(ValueError, match="'crnn' is not configured"):
+        STISRSystem(Bicubic(), recognizers={"brightness": BrightnessRecognizer()}, val_recognizer="crnn")
+
+
+def test_bicubic_cannot_be_trained():
+    with pytest.raises(RuntimeError, match="no trainable parameters"):
+        STISRSystem(Bicubic(), loss=LossMix({"mse": PixelMSE()})).configure_optimizers()
