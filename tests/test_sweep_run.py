@@ -192,8 +192,17 @@ def test_end_to_end_real_stisr_train(tmp_path):
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "2 cells: 2 done, 0 failed" in first.stdout and "engine overhead" in first.stdout
     table = (out / "tables" / "T3.md").read_text()
-    assert "/ 36.4 (" in table  # LEMMA's bicubic CRNN easy number from sweeps/references/lemma.csv beside ours
+    assert "/ 36.40 (" in table  # LEMMA's bicubic CRNN easy number from sweeps/references/lemma.csv beside ours
     psnr = [line.split("|")[3].strip() for line in table.splitlines() if line.startswith(("| Bicubic", "| SRCNN"))]
     assert len(psnr) == 2 and all(float(value) > 5 for value in psnr)
     again = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert again.returncode == 0 and "0 ran now" in again.stdout
+
+
+def test_nan_metrics_fail_unless_listed_as_not_available():
+    from stisr_lightning.sweeps.run import nan_metrics
+
+    results = {"metrics": {"test/a/psnr": 20.0, "test/a/lpips": None, "test/a/ssim": None, "test/a/fid_text": None,
+                           "test/a/x/acc": float("nan")},
+               "not_available": ["test/a/lpips", "test/a/ssim"]}
+    assert sorted(nan_metrics(results)) == ["test/a/fid_text", "test/a/ssim", "test/a/x/acc"]

@@ -180,3 +180,21 @@ def test_reference_csv_and_inline_numbers(sweep_dir):
     inline["tables"][0]["reference"] = {"c": [12.0]}
     with pytest.raises(SweepSpecError, match="reference row 'c' is not a row"):
         load_spec(write(sweep_dir, inline))
+
+
+def test_dry_run_and_slurm_script(sweep_dir, tmp_path, capsys):
+    from stisr_lightning.sweeps.main import run
+
+    path = write(sweep_dir, minimal())
+    assert run([str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith("2 cells") and "T1/b" in printed and "--model.init_args.lr=0.5" in printed
+    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+    script = tmp_path / "sweep.sbatch"
+    assert run([str(path), "--emit-slurm", str(script), "--workers", "3", "--devices-per-worker", "2",
+                "--storage", "postgresql://db/stisr", "--out", str(tmp_path / "out")]) == 0
+    text = script.read_text()
+    assert "#SBATCH --array=0-2" in text and "#SBATCH --gpus-per-task=2" in text
+    assert f"stisr-sweep {path} --preset tiny --out {tmp_path / 'out'} --storage postgresql://db/stisr --workers 1" in text
+    with pytest.raises(SweepSpecError, match="no preset 'huge'"):
+        run([str(path), "--preset", "huge", "--dry-run"])

@@ -26,7 +26,7 @@ from stisr_lightning.sweeps.expand import Cell
 from stisr_lightning.sweeps.store import DONE, FAILED, CellStore, Worker
 
 CellCommand = Callable[[Cell, Path], list[str]]
-TERMINATE_GRACE_S = 10.0
+ALWAYS_COMPUTED = ("psnr", "ssim", "acc", "ned")
 
 
 def stisr_train_command(cell: Cell, run_dir: Path) -> list[str]:
@@ -83,8 +83,12 @@ def worker_env(index: int, workers: int, devices_per_worker: int, gpus: list[str
 
 
 def nan_metrics(results: dict) -> list[str]:
-    metrics = results.get("metrics") or {}
-    return [key for key, value in metrics.items() if not isinstance(value, (int, float)) or math.isnan(value)]
+    """NaN (or null) metrics mark a diverged run, except those results.json lists as `not_available` on this
+    machine (LPIPS without its backbone); PSNR, SSIM, accuracy and NED are always computable."""
+    metrics, excused = results.get("metrics") or {}, set(results.get("not_available") or [])
+    return [key for key, value in metrics.items()
+            if (value is None or (isinstance(value, float) and math.isnan(value)))
+            and (key not in excused or key.rsplit("/", 1)[-1] in ALWAYS_COMPUTED)]
 
 
 def _log_tail(path: Path) -> str:
