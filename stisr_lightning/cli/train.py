@@ -71,9 +71,12 @@ class STISRCLI(LightningCLI):
         (root / "config.yaml").write_text(self._parser(self.subcommand).dump(config, skip_none=False))
         if config.weights:
             load_weights(self.model.generator, config.weights)
+        resolved = config.clone().as_dict()
+        for logger in self.trainer.loggers:
+            logger.log_hyperparams(resolved)
         for callback in self.trainer.callbacks:
             if isinstance(callback, ResultsWriter):
-                callback.config = config.clone().as_dict()
+                callback.config = resolved
             if isinstance(callback, ModelCheckpoint):
                 # each system names the validation metric its paper selects models by (higher is better)
                 callback.monitor = getattr(self.model, "checkpoint_monitor", callback.monitor)
