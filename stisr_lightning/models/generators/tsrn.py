@@ -17,7 +17,8 @@ from torch import Tensor, nn
 
 from stisr_lightning.models.blocks.srb import RecurrentResidualBlock, UpsampleBlock
 from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
-from stisr_lightning.models.recognizers.base import load_state_dict_strict, strip_prefix
+from stisr_lightning.models.recognizers.base import load_state_dict_strict
+from stisr_lightning.weights import extract_state_dict, read_checkpoint
 
 STN_INPUT_SIZE = (32, 64)
 """TSRN resizes its input to this size for the ASTER STN head and samples the TPS output from it."""
@@ -96,14 +97,12 @@ def load_official_tsrn(
     dict, with or without the DataParallel `module.` prefix. Channels, block count, scale factor and the STN switch are
     read from the keys; the TPS buffers come from the file and must match `lr_size`.
     """
-    if isinstance(path_or_state, (str, Path)):
-        source = str(path_or_state)
-        checkpoint = torch.load(path_or_state, map_location="cpu", weights_only=True)
-    else:
-        source, checkpoint = "TSRN state dict", path_or_state
+    from_file = isinstance(path_or_state, (str, Path))
+    source = str(path_or_state) if from_file else "TSRN state dict"
+    checkpoint = read_checkpoint(path_or_state) if from_file else path_or_state
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source}: expected a dict checkpoint, got {type(checkpoint).__name__}")
-    state = strip_prefix(dict(checkpoint.get("state_dict_G", checkpoint)))
+    state = extract_state_dict(checkpoint)
     if "block1.0.weight" not in state:
         raise ValueError(f"{source}: no 'block1.0.weight' key; not a TSRN generator state dict")
 
