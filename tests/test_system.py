@@ -77,3 +77,14 @@ def test_unknown_recognizer_names_are_rejected():
 def test_bicubic_cannot_be_trained():
     with pytest.raises(RuntimeError, match="no trainable parameters"):
         STISRSystem(Bicubic(), loss=LossMix({"mse": PixelMSE()})).configure_optimizers()
+
+
+def test_lpips_without_backbone_is_not_available_and_text_fid_is_reported(tiny_textzoom):
+    from stisr_lightning.models.recognizers.easyocr_crnn import EasyOCRCRNN
+
+    system = STISRSystem(Bicubic(), recognizers={"easyocr": EasyOCRCRNN()}, lpips_net="vgg", fid_recognizer="easyocr")
+    quiet_trainer().test(system, datamodule=datamodule(tiny_textzoom))
+    results = system.test_results
+    assert math.isnan(results["test/tiny/easy/lpips"])  # no ImageNet backbone in the hub cache here
+    assert math.isfinite(results["test/tiny/easy/fid_text"]) and results["test/tiny/easy/fid_text"] >= 0
+    assert "test/tiny/average/fid_text" not in results  # a Frechet distance does not average over subsets

@@ -23,6 +23,10 @@ from stisr_lightning.models.recognizers.base import Recognizer
 from stisr_lightning.weights import load_weights
 
 
+NON_ADDITIVE_METRICS = {"fid_text"}
+"""A Frechet distance of the union is not a weighted mean of the subsets' distances: no average is reported."""
+
+
 def _slot(name: str) -> str:
     """ModuleDict keys may not contain '.'; test-set names ('synthetic/easy') are mapped to safe keys."""
     return name.replace(".", "_").replace("/", "__")
@@ -232,6 +236,7 @@ class STISRSystem(LightningModule):
                 averages[f"{dataset}/average"] = {
                     metric: weighted_average({n: per_set[n][metric] for n in names}, {n: sizes[n] for n in names})
                     for metric in per_set[names[0]]
+                    if metric not in NON_ADDITIVE_METRICS
                 }
         return averages
 
