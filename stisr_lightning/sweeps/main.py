@@ -5,6 +5,7 @@
     stisr-sweep baselines --dry-run                            # validate and list the cells
     stisr-sweep baselines --emit-slurm sweep.sbatch --workers 8 --storage postgresql://host/db
     stisr-sweep report baselines --preset tiny                 # rebuild the tables from the store
+    stisr-sweep export-wandb baselines --preset small          # a W&B sweep config for `wandb agent`
 """
 
 from __future__ import annotations
@@ -18,15 +19,16 @@ import sys
 import time
 from pathlib import Path
 
-from stisr_lightning.sweeps.expand import Expander, Expansion
+from stisr_lightning.sweeps.expand import Cell, Expander, Expansion
 from stisr_lightning.sweeps.run import SweepRunner, stisr_train_command
 from stisr_lightning.sweeps.spec import SweepSpec, SweepSpecError, load_spec, sweeps_root
 from stisr_lightning.sweeps.store import DONE, FAILED, PENDING, CellStore, default_url
 from stisr_lightning.sweeps.tables import write_tables
+from stisr_lightning.sweeps.wandb_io import DEFAULT_PROJECT, CellLoggers, default_offline, log_aggregate, with_tracking
 
 
-def build_parser(report: bool) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stisr-sweep" + (" report" if report else ""), description=__doc__,
+def build_parser(report: bool, command: str = "") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stisr-sweep" + (f" {command}" if command else ""), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="sweep file: a path, or a name under sweeps/ (e.g. ablations/lemma.yaml)")
     parser.add_argument("--preset", default="tiny", help="tiny (CPU CI), small (one GPU) or full (the paper's recipe)")
@@ -34,6 +36,11 @@ def build_parser(report: bool) -> argparse.ArgumentParser:
     parser.add_argument("--storage", help="SQLAlchemy URL of the results store (default sqlite:///<out>/store.db)")
     parser.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (by name)")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the sweep file's seeds")
+    if command == "export-wandb":
+        parser.add_argument("--to", type=Path, help="W&B sweep config YAML (default <out>/wandb_sweep.yaml)")
+        return parser
+    parser.add_argument("--no-wandb", dest="wandb", action="store_false",
+                        help="no W&B grouping of cell runs and no aggregator run with the tables")
     if report:
         return parser
     parser.add_argument("--workers", type=int, default=1, help="cells run at once on this machine")
@@ -75,9 +82,9 @@ def ensure_synthetic(expansion: Expansion, expander: Expander) -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def print_dry_run(expansion: Expansion, out: Path, statuses: dict[str, str]) -> None:
-    print(f"{len(expansion.cells)} cells (out: {out})")
-    for cell in expansion.cells.values():
+def print_dry_run(cells: list[Cell], out: Path, statuses: dict[str, str]) -> None:
+    print(f"{len(cells)} cells (out: {out})")
+    for cell in cells:
         members = ", ".join(f"{table}/{row}" for table, row in cell.members)
         print(f"\n{cell.cell_id} [{statuses.get(cell.cell_id, 'new')}] {members}")
         print("  " + shlex.join(stisr_train_command(cell, out / "cells" / cell.cell_id)))
@@ -135,10 +142,35 @@ def summarize(expansion: Expansion, records: dict, expand_s: float, runner: Swee
     return 1 if count.get(FAILED) else 0
 
 
+def export_wandb(args: argparse.Namespace) -> int:
+    from stisr_lightning.sweeps.wandb_io import wandb_sweep_configs, write_wandb_sweeps
+
+    spec, expander, expansion, out, _ = _setup(args)
+    configs = wandb_sweep_configs(spec, args.preset, expansion, CellLoggers(expander.resolver), sweeps_root(spec.path).parent)
+    ensure_synthetic(expansion, expander)  # the exported configs point at the preset's data
+    for path in write_wandb_sweeps(configs, args.to or out / "wandb_sweep.yaml"):
+        print(f"wrote {path}: wandb sweep {path} && wandb agent <entity/project/sweep_id> (online only)")
+    return 0
+
+
+def log_to_wandb(spec: SweepSpec, preset: str, expansion: Expansion, store: CellStore, out: Path, project: str) -> None:
+    folder = log_aggregate(spec, preset, expansion, store, out, project)
+    if folder is not None and os.environ.get("WANDB_MODE") == "offline":
+        print(f"W&B (offline): tables in {folder}; upload with: wandb sync {out}/wandb/offline-run-* "
+              f"{out}/cells/*/wandb/offline-run-*")
+
+
 def run(argv: list[str]) -> int:
-    report = bool(argv) and argv[0] == "report"
-    args = build_parser(report).parse_args(argv[1:] if report else argv)
+    command = argv[0] if argv and argv[0] in ("report", "export-wandb") else ""
+    report = command == "report"
+    args = build_parser(report, command).parse_args(argv[1:] if command else argv)
+    default_offline()
+    if command == "export-wandb":
+        return export_wandb(args)
     spec, expander, expansion, out, expand_s = _setup(args)
+    cells, project = list(expansion.cells.values()), None
+    if args.wandb:
+        cells, project = with_tracking(cells, spec, args.preset, CellLoggers(expander.resolver))
     url = args.storage or default_url(out)
     if not report and args.emit_slurm:
         emit_slurm(args.emit_slurm, args, spec, out, url)
@@ -147,13 +179,13 @@ def run(argv: list[str]) -> int:
         known = out / "store.db"
         store = CellStore(url) if args.storage or known.exists() else None
         statuses = {k: r.status for k, r in store.records(expansion.cells).items()} if store else {}
-        print_dry_run(expansion, out, statuses)
+        print_dry_run(cells, out, statuses)
         return 0
     out.mkdir(parents=True, exist_ok=True)
     store = CellStore(url)
     runner = None
     if not report:
-        runner = SweepRunner(store, list(expansion.cells.values()), out, workers=args.workers,
+        runner = SweepRunner(store, cells, out, workers=args.workers,
                              devices_per_worker=args.devices_per_worker, cwd=sweeps_root(spec.path).parent,
                              heartbeat_s=args.heartbeat, stale_after_s=args.stale_after)
         runner.register(args.retry_failed)
@@ -161,6 +193,9 @@ def run(argv: list[str]) -> int:
             ensure_synthetic(expansion, expander)
         runner.run()
     records = print_tables(spec, expander, expansion, store, out)
+    finished = all(cell_id in records and records[cell_id].status in (DONE, FAILED) for cell_id in expansion.cells)
+    if args.wandb and (report or finished):  # with several engines on one sweep, the ones that end it log the tables
+        log_to_wandb(spec, args.preset, expansion, store, out, project or DEFAULT_PROJECT)
     return summarize(expansion, records, expand_s, runner)
 
 
