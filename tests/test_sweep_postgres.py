@@ -52,7 +52,7 @@ def free_port() -> int:
 
 
 @contextmanager
-def postgres_server(database: str = "stisr"):
+def postgres_server(database: str = "stisr", fsync: bool = False):
     """Yields a SQLAlchemy URL of a fresh database on a private server; stops and deletes it afterwards."""
     bindir = postgres_bin()
     root = Path(tempfile.mkdtemp(prefix="stisr-pg-"))
@@ -69,7 +69,7 @@ def postgres_server(database: str = "stisr"):
     try:
         pg(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync")
         pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60", "start",
-           "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync=off")
+           "-o", f"-h 127.0.0.1 -p {port} -k {root} -c fsync={'on' if fsync else 'off'}")
         import psycopg
 
         with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True) as db:
