@@ -6,6 +6,7 @@
     stisr-sweep baselines --emit-slurm sweep.sbatch --workers 8 --storage postgresql://host/db
     stisr-sweep report baselines --preset tiny                 # rebuild the tables from the store
     stisr-sweep export-wandb baselines --preset small          # a W&B sweep config for `wandb agent`
+    stisr-sweep search/lemma_loss_weights --workers 2          # a `search:` file: an optuna study (best.yaml)
 """
 
 from __future__ import annotations
@@ -167,6 +168,10 @@ def run(argv: list[str]) -> int:
     default_offline()
     if command == "export-wandb":
         return export_wandb(args)
+    from stisr_lightning.sweeps.search import is_search_file, run_search  # optuna only for search files
+
+    if is_search_file(args.spec):  # a `search:` block runs an optuna study instead of table cells
+        return run_search(args, report_only=report)
     spec, expander, expansion, out, expand_s = _setup(args)
     cells, project = list(expansion.cells.values()), None
     if args.wandb:
