@@ -9,7 +9,7 @@ from stisr_lightning.sweeps.spec import SweepSpecError, load_spec
 
 os.environ["WANDB_MODE"] = "disabled"
 REPO = Path(__file__).resolve().parents[1]
-SWEEP_FILES = sorted(path for path in (REPO / "sweeps").rglob("*.yaml"))
+SWEEP_FILES = sorted(p for p in (REPO / "sweeps").rglob("*.yaml") if "search" not in p.relative_to(REPO / "sweeps").parts)
 
 
 @pytest.fixture(scope="module")
