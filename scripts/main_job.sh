@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: synthetic TextZoom-format data, bicubic evaluated, TSRN trained on a short
 # CPU schedule and evaluated with PP-OCR, the EasyOCR CRNN and Tesseract on easy / medium / hard, W&B offline.
-# Sizes can be changed through the environment: TRAIN, TEST, STEPS, BATCH, OUT. The defaults take about half an hour
-# on a 2-core CPU (TSRN trains at about 7 images/s there, see `stisr-bench train`).
+# Sizes can be changed through the environment: TRAIN, TEST, STEPS, BATCH, OUT. The defaults take about 40 minutes
+# on a 2-core CPU (TSRN trains at about 6 images/s there, see `stisr-bench train`); on a GPU raise STEPS and BATCH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export WANDB_MODE=${WANDB_MODE:-offline}
