@@ -39,6 +39,7 @@ from stisr_lightning.sweeps.spec import (
     _fail,
     _presets,
     _string_map,
+    read_spec_yaml,
     resolve_spec_path,
     sweeps_root,
 )
@@ -182,11 +183,7 @@ def _search(where: str, data: Any, vars_: dict[str, str]) -> Search:
 
 
 def load_search_spec(spec: str | Path) -> SearchSpec:
-    path = resolve_spec_path(spec)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise SweepSpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+    path, data = read_spec_yaml(spec)
     where = str(path)
     _check_keys(where, data, TOP_KEYS, "top-level")
     for key in ("name", "paper", "base", "presets", "search"):

@@ -286,12 +286,17 @@ def _string_map(where: str, data: Any, what: str) -> dict[str, str]:
     return {str(key): str(value) for key, value in data.items()}
 
 
-def load_spec(spec: str | Path) -> SweepSpec:
+def read_spec_yaml(spec: str | Path) -> tuple[Path, Any]:
+    """The spec's path and parsed YAML; invalid YAML is a one-line error naming the file."""
     path = resolve_spec_path(spec)
     try:
-        data = yaml.safe_load(path.read_text())
+        return path, yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise SweepSpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
+
+
+def load_spec(spec: str | Path) -> SweepSpec:
+    path, data = read_spec_yaml(spec)
     where = str(path)
     _check_keys(where, data, TOP_KEYS, "top-level")
     for key in ("name", "paper", "tables", "presets"):
