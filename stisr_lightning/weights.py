@@ -18,7 +18,11 @@ def read_checkpoint(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - old releases pickle other objects beside the weights (ASTER: numpy scores)
+        pass
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)  # full unpickling: trusted files only
     except Exception as error:  # noqa: BLE001 - any unpickling failure means the same thing to the user
         raise ValueError(f"{path}: not a readable torch checkpoint ({type(error).__name__}: {error})") from None
 
