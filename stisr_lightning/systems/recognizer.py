@@ -1,4 +1,4 @@
-"""Training the suite's own CTC recognizers on synthetic data (e.g. `experiments/recognizers/crnn_synth.yaml`).
+"""Training the suite's own recognizers on synthetic data (`experiments/recognizers/*_synth.yaml`).
 
 Offline there are no official recognizer weights; this system trains one from the synthetic LMDBs and saves its
 weights in the plain state-dict layout of the official release (`<run>/<name>.pth`), so the trained file loads
@@ -19,16 +19,7 @@ from stisr_lightning.metrics.recognition import WordAccuracy
 from stisr_lightning.models.recognizers.base import TorchRecognizer
 
 
-def encode_labels(labels: list[str], charset: str, lowercase: bool) -> tuple[Tensor, Tensor]:
-    """Concatenated CTC targets (class = charset index + 1) and their lengths; characters outside the charset are
-    dropped, as the TextZoom protocol filters labels before comparing."""
-    index = {ch: i + 1 for i, ch in enumerate(charset)}
-    encoded = [[index[ch] for ch in (label.lower() if lowercase else label) if ch in index] for label in labels]
-    lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
-    return torch.tensor([c for e in encoded for c in e], dtype=torch.long), lengths
-
-
-class CTCRecognizerSystem(LightningModule):
+class RecognizerSystem(LightningModule):
     def __init__(
         self,
         recognizer: TorchRecognizer,
@@ -38,7 +29,8 @@ class CTCRecognizerSystem(LightningModule):
     ):
         """
         Args:
-            recognizer: a CTC recognizer whose logits are (N, T, 1 + len(charset)), class 0 the blank.
+            recognizer: any recognizer with `training_loss(images, labels) -> Tensor` (its own objective: CTC for
+                CRNN, teacher-forced cross-entropy for attention decoders).
             use_lr_images: also train on the (bicubic-upsampled by the recognizer's own preprocessing) LR images,
                 so the recognizer reads degraded text as well as clean text.
             weights_name: file name of the saved weights (default `<recognizer.name>.pth`).
@@ -48,7 +40,6 @@ class CTCRecognizerSystem(LightningModule):
         self.lr = lr
         self.use_lr_images = use_lr_images
         self.weights_name = weights_name or f"{recognizer.name}.pth"
-        self.lowercase = recognizer.charset == recognizer.charset.lower()
         self.val_accuracy = WordAccuracy()
         self.checkpoint_monitor = "val/acc"
 
@@ -57,10 +48,7 @@ class CTCRecognizerSystem(LightningModule):
         if self.use_lr_images:
             lr = F.interpolate(batch["lr"][:, :3], size=images.shape[-2:], mode="bicubic", align_corners=False)
             images, labels = torch.cat([images, lr.clamp(0, 1)]), labels + labels
-        targets, target_lengths = encode_labels(labels, self.recognizer.charset, self.lowercase)
-        log_probs = self.recognizer(images).logits.log_softmax(-1).permute(1, 0, 2)  # (T, N, C)
-        input_lengths = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
-        loss = F.ctc_loss(log_probs, targets, input_lengths, target_lengths, zero_infinity=True)
+        loss = self.recognizer.training_loss(images, labels)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(labels))
         return loss
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -67,9 +68,30 @@ class TorchRecognizer(Recognizer):
     def decode(self, logits: Tensor) -> list[str]:
         raise NotImplementedError
 
+    def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
+        """The recognizer's own training objective, used by the suite's recognizer recipes."""
+        raise NotImplementedError(f"{type(self).__name__} has no training objective")
+
     @torch.no_grad()
     def read(self, images: Tensor) -> list[str]:
         return self.decode(self(images).logits)
+
+
+def encode_labels(labels: list[str], charset: str, lowercase: bool) -> tuple[Tensor, Tensor]:
+    """Concatenated CTC targets (class = charset index + 1) and their lengths; characters outside the charset are
+    dropped, as the TextZoom protocol filters labels before comparing."""
+    index = {ch: i + 1 for i, ch in enumerate(charset)}
+    encoded = [[index[ch] for ch in (label.lower() if lowercase else label) if ch in index] for label in labels]
+    lengths = torch.tensor([len(e) for e in encoded], dtype=torch.long)
+    return torch.tensor([c for e in encoded for c in e], dtype=torch.long), lengths
+
+
+def ctc_loss(logits: Tensor, labels: list[str], charset: str) -> Tensor:
+    """CTC on (N, T, 1 + len(charset)) logits, blank = class 0; a lower-case charset matches labels case-blind."""
+    targets, target_lengths = encode_labels(labels, charset, lowercase=charset == charset.lower())
+    log_probs = logits.log_softmax(-1).permute(1, 0, 2)  # (T, N, C)
+    input_lengths = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
+    return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, zero_infinity=True)
 
 
 def ctc_greedy_decode(logits: Tensor, charset: str, blank: int = 0) -> list[str]:

@@ -19,6 +19,7 @@ from stisr_lightning.models.recognizers.base import (
     RecognitionOutput,
     TorchRecognizer,
     ctc_greedy_decode,
+    ctc_loss,
     load_state_dict_strict,
 )
 from stisr_lightning.weights import extract_state_dict, read_checkpoint
@@ -110,6 +111,9 @@ class CRNN(TorchRecognizer):
 
     def decode(self, logits: Tensor) -> list[str]:
         return ctc_greedy_decode(logits, self.charset, blank=0)
+
+    def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
+        return ctc_loss(self(images).logits, labels, self.charset)
 
     @classmethod
     def from_official_checkpoint(cls, path: str | Path, **kwargs: Any) -> CRNN:

@@ -20,6 +20,7 @@ from stisr_lightning.models.recognizers.base import (
     RecognitionOutput,
     TorchRecognizer,
     ctc_greedy_decode,
+    ctc_loss,
     load_state_dict_strict,
     strip_prefix,
 )
@@ -119,3 +120,6 @@ class EasyOCRCRNN(TorchRecognizer):
 
     def decode(self, logits: Tensor) -> list[str]:
         return ctc_greedy_decode(logits, self.charset)
+
+    def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
+        return ctc_loss(self(images).logits, labels, self.charset)
