@@ -88,3 +88,35 @@ def test_lpips_without_backbone_is_not_available_and_text_fid_is_reported(tiny_t
     assert math.isnan(results["test/tiny/easy/lpips"])  # no ImageNet backbone in the hub cache here
     assert math.isfinite(results["test/tiny/easy/fid_text"]) and results["test/tiny/easy/fid_text"] >= 0
     assert "test/tiny/average/fid_text" not in results  # a Frechet distance does not average over subsets
+
+
+class _RecognizerHoldingLoss(PixelMSE):
+    """A loss term that owns a frozen recognizer, as the text-focus loss does."""
+
+    def __init__(self):
+        super().__init__()
+        from stisr_lightning.models.recognizers.crnn import CRNN
+
+        self.recognizer = CRNN(charset="ab", hidden_size=8).freeze()
+
+
+def test_frozen_recognizers_inside_loss_terms_stay_out_of_checkpoints(tiny_textzoom, tmp_path):
+    system = STISRSystem(SRCNN(in_channels=4), loss=LossMix({"held": _RecognizerHoldingLoss()}))
+    checkpoint = {"state_dict": system.state_dict()}
+    assert any(key.startswith("loss.terms.held.recognizer.") for key in checkpoint["state_dict"])
+    system.on_save_checkpoint(checkpoint)
+    assert checkpoint["state_dict"] and all(key.startswith("generator.") for key in checkpoint["state_dict"])
+    system.on_load_checkpoint(checkpoint)  # the frozen weights come back from the live module
+    assert system.load_state_dict(checkpoint["state_dict"]) is not None
+
+
+def test_generator_group_lrs_put_named_submodules_in_their_own_group():
+    generator = SRCNN(in_channels=4)
+    first = next(name for name, _ in generator.named_children())
+    system = STISRSystem(generator, loss=LossMix({"mse": PixelMSE()}), lr=1e-3, generator_group_lrs={first: 1e-4})
+    groups = system.configure_optimizers().param_groups
+    assert [group["lr"] for group in groups] == [1e-3, 1e-4]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in generator.get_submodule(first).parameters()}
+    assert sum(len(g["params"]) for g in groups) == len(list(generator.parameters()))
+    with pytest.raises(ValueError, match="no submodule 'prior'"):
+        STISRSystem(generator, generator_group_lrs={"prior": 1e-4})

@@ -45,6 +45,7 @@ class STISRSystem(LightningModule):
         betas: tuple[float, float] = (0.5, 0.999),
         weight_decay: float = 0.0,
         recognizer_lr: float = 1e-4,
+        generator_group_lrs: dict[str, float] | None = None,
         lr_decay_epochs: int | None = None,
         lr_decay_gamma: float = 0.5,
         psnr_batch_averaged: bool = False,
@@ -61,6 +62,8 @@ class STISRSystem(LightningModule):
             recognizer_weights: name -> weights file (an official release such as `crnn.pth`, `moran.pth`,
                 `demo.pth.tar`, or one trained by the suite's recognizer recipes), loaded before freezing.
             val_recognizer: the recognizer whose accuracy is tracked on the validation split (model selection).
+            generator_group_lrs: learning rates for named generator submodules, the rest of the generator using
+                `lr` (LEMMA fine-tunes its ABINet prior at 1e-4: `{position_prior: 1.0e-4}`).
             lr_decay_epochs: StepLR period in epochs (the TextZoom-family recipes halve once at epoch 400).
             psnr_batch_averaged: reproduce the official per-batch PSNR/SSIM averaging instead of per image.
             lpips_net: also report LPIPS with this backbone ('vgg' as LEMMA, 'alex'); needs the ImageNet backbone in
@@ -88,6 +91,12 @@ class STISRSystem(LightningModule):
         self.checkpoint_monitor = "val/acc" if val_recognizer else "val/psnr"
         self.lr, self.betas, self.weight_decay = lr, tuple(betas), weight_decay
         self.recognizer_lr = recognizer_lr
+        self.generator_group_lrs = dict(generator_group_lrs or {})
+        for name in self.generator_group_lrs:
+            try:
+                generator.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"generator_group_lrs: {type(generator).__name__} has no submodule {name!r}") from None
         self.lr_decay_epochs, self.lr_decay_gamma = lr_decay_epochs, lr_decay_gamma
         self.psnr_batch_averaged = psnr_batch_averaged
         self.lpips_net = lpips_net
@@ -127,7 +136,14 @@ class STISRSystem(LightningModule):
         return total
 
     def configure_optimizers(self):
-        groups = [{"params": [p for p in self.generator.parameters() if p.requires_grad], "lr": self.lr}]
+        grouped: set[int] = set()
+        groups = []
+        for name, lr in self.generator_group_lrs.items():
+            params = [p for p in self.generator.get_submodule(name).parameters() if p.requires_grad]
+            grouped.update(id(p) for p in params)
+            groups.append({"params": params, "lr": lr})
+        rest = [p for p in self.generator.parameters() if p.requires_grad and id(p) not in grouped]
+        groups.insert(0, {"params": rest, "lr": self.lr})
         for name in self.fine_tune_recognizers:
             groups.append({"params": list(self.recognizers[name].parameters()), "lr": self.recognizer_lr})
         groups = [group for group in groups if group["params"]]
@@ -242,7 +258,10 @@ class STISRSystem(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def _frozen_prefixes(self) -> tuple[str, ...]:
-        return tuple(f"recognizers.{n}." for n in self.recognizers if n not in self.fine_tune_recognizers)
+        """Every frozen recognizer in the system: evaluators, and those held by loss terms (text-focus, L_joint)."""
+        return tuple(
+            f"{name}." for name, module in self.named_modules() if isinstance(module, Recognizer) and module.frozen
+        )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Frozen recognizers come from packages or official files; keeping them out makes checkpoints small."""

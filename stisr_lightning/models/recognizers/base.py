@@ -36,6 +36,7 @@ class Recognizer(nn.Module):
     charset: str = ""
     """Characters the recognizer can output, in class order (without blank/end/padding symbols)."""
     differentiable: bool = False
+    frozen: bool = False
 
     def read(self, images: Tensor) -> list[str]:
         """Return one string per image; images are (N, 3, H, W) RGB in [0, 1]."""
@@ -51,7 +52,7 @@ class Recognizer(nn.Module):
 
     def train(self, mode: bool = True) -> Recognizer:
         # A frozen recognizer stays in eval mode even when the system around it is set to train().
-        return super().train(mode and not getattr(self, "frozen", False))
+        return super().train(mode and not self.frozen)
 
 
 class TorchRecognizer(Recognizer):
