@@ -1,0 +1,5 @@
+"""Diffusion schedulers (diffusers-like set_timesteps / step / add_noise); no network code here."""
+
+from stisr_lightning.diffusion.gaussian import ResidualDiffusionScheduler, sample
+
+__all__ = ["ResidualDiffusionScheduler", "sample"]
