@@ -198,3 +198,23 @@ def test_dry_run_and_slurm_script(sweep_dir, tmp_path, capsys):
     assert f"stisr-sweep {path} --preset tiny --out {tmp_path / 'out'} --storage postgresql://db/stisr --workers 1" in text
     with pytest.raises(SweepSpecError, match="no preset 'huge'"):
         run([str(path), "--preset", "huge", "--dry-run"])
+
+
+def test_tables_limited_to_presets_and_the_synthetic_str_set(sweep_dir, resolver, tmp_path):
+    table = minimal()["tables"][0]
+    str_table = dict(table, id="T5", rows=[{"name": "a", "overrides": {
+        "data.test_sets": {"str_synth": "data/synthetic/str_synth"}}}],
+        columns=[{"name": "STR", "metric": "test/str_synth/easyocr/acc"}])
+    full_only = dict(table, id="T9", presets=["full"])
+    presets = {"tiny": {"synthetic": {"train": 4, "test": 3, "str_test": 2}}, "full": {}}
+    spec = load_spec(write(sweep_dir, minimal(presets=presets, tables=[table, str_table, full_only])))
+    tiny = Expander(spec, spec.presets["tiny"], tmp_path, resolver)
+    expansion = tiny.expand()
+    assert [t.id for t in expansion.tables] == ["T1", "T5"]
+    assert expansion.data_dir == tmp_path / "data" / "synthetic-4-3-str2-s0"
+    str_cell = next(cell for cell in expansion.cells.values() if ("T5", "a") in cell.members)
+    assert str_cell.overrides["data.test_sets"] == {"str_synth": str(expansion.data_dir / "str_synth")}
+    full = Expander(spec, spec.presets["full"], tmp_path, resolver).expand()
+    assert [t.id for t in full.tables] == ["T1", "T5", "T9"]
+    with pytest.raises(SweepSpecError, match="presets: no preset 'small'"):
+        load_spec(write(sweep_dir, minimal(tables=[dict(table, presets=["small"])])))

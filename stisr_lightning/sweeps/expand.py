@@ -16,7 +16,7 @@ from typing import Any
 
 from stisr_lightning.sweeps.spec import Preset, Row, SweepSpec, SweepSpecError, Table
 
-SYNTHETIC_SUBSETS = ("easy", "medium", "hard")
+SYNTHETIC_SUBSETS = ("easy", "medium", "hard", "str_synth")
 OUT_PLACEHOLDER = "$OUT"
 UNHASHED_KEYS = ("config", "seed_everything", "__path__")  # seed is the cell's second coordinate
 ERROR_HINTS = ("not accepted", "unrecognized", "not a valid", "expected a", "does not exist", "not found", "invalid")
@@ -54,7 +54,9 @@ def format_value(value: Any) -> str:
 
 def synthetic_dir(out_dir: Path, preset: Preset) -> Path | None:
     data = preset.synthetic
-    return None if data is None else out_dir / "data" / f"synthetic-{data.train}-{data.test}-s{data.seed}"
+    if data is None:
+        return None
+    return out_dir / "data" / f"synthetic-{data.train}-{data.test}{f'-str{data.str_test}' if data.str_test else ''}-s{data.seed}"
 
 
 def _one_line(message: str) -> str:
@@ -124,7 +126,7 @@ class Expander:
         self.spec, self.preset, self.out_dir = spec, preset, Path(out_dir).resolve()
         self.resolver = resolver or ConfigResolver()
         self.data_dir = synthetic_dir(self.out_dir, preset)
-        self._data_overrides: dict[tuple[str, Path], dict[str, Any]] = {}
+        self._data_overrides: dict[tuple[str, Path, str], dict[str, Any]] = {}
 
     def _where(self, table: Table, row: Row | None = None) -> str:
         return f"{self.spec.path}: table {table.id}" + (f": row {row.name!r}" if row else "")
@@ -145,38 +147,44 @@ class Expander:
 
     def data_overrides(self, table: Table, row: Row) -> dict[str, Any]:
         """Checks the preset on this base, and points train_dirs / test_sets at the preset's synthetic data (same
-        test set names as the base)."""
-        key = (row.subcommand, row.base)
+        test set names as the base, or as the row's `data.test_sets` when it picks other sets)."""
+        key = (row.subcommand, row.base, json.dumps(row.overrides.get("data.test_sets"), sort_keys=True))
         if key not in self._data_overrides:
             config = self._resolve(f"{self._where(table, row)}: preset {self.preset.name!r}", row.subcommand, row.base,
                                    self.preset.overrides, self.preset.overrides)
             if self.data_dir is None:
                 self._data_overrides[key] = {}
                 return {}
-            test_sets = dict((config.get("data") or {}).get("test_sets") or {})
+            test_sets = dict(row.overrides.get("data.test_sets") or (config.get("data") or {}).get("test_sets") or {})
             unknown = [name for name in test_sets if name.rsplit("/", 1)[-1] not in SYNTHETIC_SUBSETS]
             if unknown:
                 raise SweepSpecError(f"{self._where(table, row)}: preset {self.preset.name!r} makes synthetic data "
                                      f"({', '.join(SYNTHETIC_SUBSETS)}) but {row.base.name} tests on {unknown[0]!r}")
             self._data_overrides[key] = {
                 "data.train_dirs": [str(self.data_dir / "train")],
-                "data.test_sets": {name: str(self.data_dir / "test" / name.rsplit("/", 1)[-1]) for name in test_sets},
+                "data.test_sets": {name: str(self._synthetic_test_dir(name.rsplit("/", 1)[-1])) for name in test_sets},
             }
         return self._data_overrides[key]
 
+    def _synthetic_test_dir(self, subset: str) -> Path:
+        return self.data_dir / subset if subset == "str_synth" else self.data_dir / "test" / subset
+
     def expand(self, seeds: list[int] | None = None, only: list[str] | None = None) -> Expansion:
         seeds = list(seeds or self.spec.seeds)
-        names = {row.name for table in self.spec.tables for row in table.rows}
+        names = {row.name for table in self.spec.tables if table.runs_in(self.preset.name) for row in table.rows}
         missing = sorted(set(only or []) - names)
         if missing:
             raise SweepSpecError(f"{self.spec.path}: --only {missing[0]!r} is not a row of any table")
         cells: dict[str, Cell] = {}
         by_row: dict[tuple[str, str], list[str]] = {}
-        for table in self.spec.tables:
+        tables = [table for table in self.spec.tables if table.runs_in(self.preset.name)]
+        for table in tables:
             for row in table.rows:
                 if only and row.name not in only:
                     continue
-                overrides = {**self.preset.overrides, **self.data_overrides(table, row), **row.overrides}
+                data = self.data_overrides(table, row)  # a row's test sets are relocated into the preset's data
+                row_overrides = {k: v for k, v in row.overrides.items() if not (data and k == "data.test_sets")}
+                overrides = {**self.preset.overrides, **data, **row_overrides}
                 config = self._resolve(self._where(table, row), row.subcommand, row.base, overrides, row.overrides)
                 self._check_columns(table, row, config)
                 digest = config_hash(row.subcommand, config, self.out_dir)
@@ -185,7 +193,7 @@ class Expander:
                     cell = cells.setdefault(cell_id, Cell(cell_id, digest, seed, row.subcommand, row.base, overrides))
                     cell.members.append((table.id, row.name))
                     by_row.setdefault((table.id, row.name), []).append(cell_id)
-        return Expansion(cells, by_row, self.spec.tables, self.data_dir)
+        return Expansion(cells, by_row, tables, self.data_dir)
 
     def _check_columns(self, table: Table, row: Row, config: dict[str, Any]) -> None:
         pattern = producible_metrics(config)

@@ -76,7 +76,8 @@ def ensure_synthetic(expansion: Expansion, expander: Expander) -> None:
     scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
     print(f"stisr-sweep: making synthetic data ({data.train} train, {data.test} test, seed {data.seed}) in {target}")
-    make_synthetic(scratch, train=data.train, test=data.test, seed=data.seed, workers=min(4, os.cpu_count() or 1))
+    make_synthetic(scratch, train=data.train, test=data.test, seed=data.seed, str_test=data.str_test,
+                   workers=min(4, os.cpu_count() or 1))
     try:
         os.rename(scratch, target)
     except OSError:  # another worker finished first

@@ -18,11 +18,11 @@ SUBCOMMANDS = ("fit", "test")
 PACKAGE_REPO = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = {"name", "paper", "description", "seeds", "vars", "presets", "tables", "reference"}
-TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "notes"}
+TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "notes", "presets"}
 ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand"}
 COLUMN_KEYS = {"name", "metric", "scale", "group", "decimals", "reference_column"}
 PRESET_KEYS = {"description", "overrides", "synthetic", "vars"}
-SYNTHETIC_KEYS = {"train", "test", "seed"}
+SYNTHETIC_KEYS = {"train", "test", "seed", "str_test"}
 
 
 class SweepSpecError(ValueError):
@@ -66,15 +66,22 @@ class Table:
     columns: list[Column]
     notes: str = ""
     reference: dict[tuple[str, str], Reference] = field(default_factory=dict)  # (row, column.reference_key)
+    presets: list[str] | None = None  # only these presets run the table (e.g. real STR benchmarks: full only)
+
+    def runs_in(self, preset: str) -> bool:
+        return self.presets is None or preset in self.presets
 
 
 @dataclass(frozen=True)
 class Synthetic:
-    """Synthetic data a preset needs (`make_synthetic(out, train, test, seed)`): made once, cached by the engine."""
+    """Synthetic data a preset needs (`make_synthetic(out, train, test, seed, str_test=...)`): made once, cached by
+    the engine. `str_test` adds the STR-style set (small images, LEMMA's STR degradation) for test sets named
+    `str_synth`."""
 
     train: int
     test: int
     seed: int = 0
+    str_test: int = 0
 
 
 @dataclass(frozen=True)
@@ -278,6 +285,17 @@ def _presets(where: str, data: Any, default_vars: dict[str, str]) -> dict[str, P
     return presets
 
 
+def _table_presets(where: str, data: Any, presets: dict[str, Preset]) -> list[str] | None:
+    if data is None:
+        return None
+    if not isinstance(data, list) or not data or not all(isinstance(name, str) for name in data):
+        raise _fail(where, "presets must be a non-empty list of preset names")
+    unknown = [name for name in data if name not in presets]
+    if unknown:
+        raise _fail(where, f"presets: no preset {unknown[0]!r} (presets: {', '.join(presets)})")
+    return list(data)
+
+
 def _string_map(where: str, data: Any, what: str) -> dict[str, str]:
     if data is None:
         return {}
@@ -326,9 +344,10 @@ def load_spec(spec: str | Path) -> SweepSpec:
             rows=_rows(here, entry["rows"], base, subcommand, experiments),
             columns=_columns(here, entry["columns"]),
             notes=str(entry.get("notes", "")),
+            presets=_table_presets(here, entry.get("presets"), presets),
         )
         for column in table.columns:
-            for preset in presets.values():
+            for preset in (p for p in presets.values() if table.runs_in(p.name)):
                 try:
                     column.metric.format_map(preset.vars)
                 except (KeyError, ValueError) as error:
