@@ -201,3 +201,15 @@ def test_full_official_checkpoint_loads_with_or_without_alignment(tmp_path):
     with torch.no_grad():
         strings = aligned.eval().read(torch.rand(2, 3, 16, 64))
     assert len(strings) == 2 and all(set(s) <= set(aligned.charset) for s in strings)
+
+
+def test_recognizer_preprocessing_matches_the_prior_on_lr_and_keeps_hr_size():
+    with torch.device("meta"):
+        recognizer = ABINetRecognizer(use_language=False)
+    lr = torch.rand(1, 4, 16, 64, generator=torch.Generator().manual_seed(2))
+    upsampled = F.interpolate(lr[:, :3], scale_factor=2, mode="bicubic", align_corners=True)
+    mean, std = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    torch.testing.assert_close(recognizer.preprocess(lr), (upsampled - mean) / std)
+    hr = torch.full((1, 3, 32, 128), 0.485)
+    assert recognizer.preprocess(hr)[:, 0].abs().max() < 1e-6
+    assert recognizer.preprocess(torch.rand(1, 3, 48, 160)).shape == (1, 3, 32, 128)

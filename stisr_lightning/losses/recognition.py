@@ -23,7 +23,8 @@ def abinet_label_ids(labels: list[str], max_length: int = 25) -> Tensor:
     the last step is always null.
     """
     rows = [[_CHARSET_36_IDS.get(ch, 0) for ch in label.lower()[:max_length]] for label in labels]
-    return torch.tensor([row + [0] * (max_length + 1 - len(row)) for row in rows], dtype=torch.long).view(-1, max_length + 1)
+    padded = [row + [0] * (max_length + 1 - len(row)) for row in rows]
+    return torch.tensor(padded, dtype=torch.long).view(-1, max_length + 1)
 
 
 def sequence_cross_entropy(logits: Tensor, targets: Tensor, official_double_softmax: bool = False) -> Tensor:

@@ -81,7 +81,7 @@ class BCNLanguage(nn.Module):
         self.cls = nn.Linear(512, NUM_CLASSES)
 
     def forward(self, tokens: Tensor, lengths: Tensor) -> tuple[Tensor, Tensor]:
-        """`tokens`: (N, T, C) probabilities, `lengths`: (N,) in [2, T]. Returns logits (N, T, C), features (N, T, 512)."""
+        """`tokens`: (N, T, C) probabilities, `lengths`: (N,) in [2, T] -> logits (N, T, C), features (N, T, 512)."""
         if self.detach:
             tokens = tokens.detach()
         memory = self.token_encoder(self.proj(tokens))
@@ -197,10 +197,11 @@ class ABINetRecognizer(TorchRecognizer):
 
     def preprocess(self, images: Tensor) -> Tensor:
         """RGB -> 32x128 (LR 16x64: bicubic x2 with aligned corners, as LEMMA; other sizes: bicubic resize)."""
+        images = images[:, :3]
         if tuple(images.shape[-2:]) != (32, 128):
             lr_size = tuple(images.shape[-2:]) == (16, 64)
             images = F.interpolate(images, size=(32, 128), mode="bicubic", align_corners=lr_size)
-        return imagenet_normalize(images[:, :3])
+        return imagenet_normalize(images)
 
     def _all_logits(self, images: Tensor) -> tuple[list[Tensor], VisionOutput]:
         vision = self.vision(self.preprocess(images))
