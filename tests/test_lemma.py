@@ -46,7 +46,7 @@ class FakePrior(nn.Module):
         attention = torch.softmax(self.attention_logits * self.scale, dim=-1).view(1, T, 16, 64)
         attention = attention.expand(batch, -1, -1, -1)
         logits = (self.logits * self.scale).expand(batch, -1, -1)
-        lengths = torch.tensor([5, T, 2, 11])[:batch]
+        lengths = torch.tensor([5, T, 2, 11])[torch.arange(batch) % 4]
         return TextPrior(attention, logits, logits + 1.0, lengths)
 
 
@@ -251,3 +251,15 @@ def test_official_key_layout_loads_strictly():
     del state["guidanceGen.attn_conv.6.weight"]
     with pytest.raises(ValueError, match="missing 1"):
         load_official_lemma(state, FakePrior())
+
+
+def test_bad_prior_shapes_raise_one_line_errors():
+    generator = GuidanceGenerator().eval()
+    features, prior = torch.randn(2, 64, 16, 64), hand_prior()
+    with pytest.raises(ValueError, match="lengths must be"):
+        generator(features, TextPrior(prior.attention, prior.vision_logits, prior.language_logits, prior.lengths[:1]))
+    with pytest.raises(ValueError, match="LR grid"):
+        generator(features, TextPrior(prior.attention[..., :32], prior.vision_logits, prior.language_logits,
+                                      prior.lengths))
+    with pytest.raises(ValueError, match="LR input"):
+        LEMMA(FakePrior(), num_blocks=1)(torch.rand(1, 4, 32, 128))

@@ -197,6 +197,10 @@ class GuidanceGenerator(nn.Module):
                 f"lemma_guidance: features {tuple(features.shape)} and prior attention {tuple(prior.attention.shape)} "
                 f"must be on the {self.lr_size} LR grid with batch {features.shape[0]}"
             )
+        if tuple(prior.lengths.shape) != (features.shape[0],):
+            raise ValueError(
+                f"lemma_guidance: lengths must be ({features.shape[0]},), got {tuple(prior.lengths.shape)}"
+            )
         logits = (*prior.attention.shape[:2], self.num_classes)
         if tuple(prior.language_logits.shape) != logits:
             raise ValueError(
@@ -224,7 +228,11 @@ class GuidanceGenerator(nn.Module):
         return selected, torch.zeros_like(tokens).scatter(0, index, selected)
 
     def align(self, selected: Tensor, padded: Tensor, prior: TextPrior, vision_pos: Tensor) -> Tensor:
-        """MAM: (P, N, C) guidance tokens from X_S and the text distribution."""
+        """MAM: (P, N, C) guidance tokens from X_S and the text distribution.
+
+        The text positional code pools the vision code with all T attention maps, padded steps included, as the
+        official code does; only LEM's compression is restricted to the predicted length.
+        """
         attention = prior.attention.flatten(2)  # (N, T, P)
         text_pos = torch.bmm(attention, vision_pos.transpose(0, 1)).transpose(0, 1)  # (T, N, C)
         text = self.text_Encoder(self.text_proj(prior.language_logits).transpose(0, 1) + text_pos)

@@ -82,7 +82,8 @@ class LEMMA(nn.Module):
     Ablation switches (paper defaults; see `GuidanceGenerator` for what each one removes):
     Table 1: `char_location_attention`, `feature_selection`; Table 2: `alignment`; Table 4: `location_enhancement`,
     `multimodal_alignment`, `fusion` ('concat' = without AdaFM); Table 7: `expansion_conv`, `pixel_to_region`;
-    supplement: `topk` (of the 16*64 = 1024 LR positions).
+    supplement: `topk` (of the 16*64 = 1024 LR positions). Precedence: without LEM its four sub-switches and `topk`
+    have no effect; without MAM `alignment` has none; `alignment='none'` uses no image tokens, so LEM is not built.
     """
 
     def __init__(
