@@ -263,3 +263,18 @@ def test_bad_prior_shapes_raise_one_line_errors():
                                       prior.lengths))
     with pytest.raises(ValueError, match="LR input"):
         LEMMA(FakePrior(), num_blocks=1)(torch.rand(1, 4, 32, 128))
+
+
+def test_with_the_abinet_prior_the_whole_official_checkpoint_layout_loads():
+    from stisr_lightning.models.recognizers.abinet import ABINetPrior
+
+    generator = torch.Generator().manual_seed(0)
+    official = json.loads(OFFICIAL_KEYS.read_text())
+    state = {
+        key: torch.tensor(3) if dtype == "torch.int64" else torch.randn(shape, generator=generator)
+        for key, shape, dtype in official["keys"]
+    }
+    model = load_official_lemma({"state_dict_G": state}, ABINetPrior())
+    assert sum(p.numel() for p in model.parameters()) == official["num_parameters"]
+    loaded = model.position_prior.state_dict()["language.cls.weight"]
+    assert torch.equal(loaded, state["position_prior.language.cls.weight"])
