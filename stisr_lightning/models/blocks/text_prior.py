@@ -157,7 +157,8 @@ class InfoTransformer(nn.Module):
         else:
             encoded, _ = self.gru_encoding(columns[None])  # one sequence of W steps
             encoded = encoded.transpose(0, 1).expand(width, batch, height * d_model)
-        return encoded.reshape(width, batch, height, d_model).permute(2, 0, 1, 3).reshape(height * width, batch, d_model)
+        encoded = encoded.reshape(width, batch, height, d_model).permute(2, 0, 1, 3)
+        return encoded.reshape(height * width, batch, d_model)
 
     def forward(self, text: Tensor, text_pos: Tensor, image: Tensor, query_embedding: Tensor) -> tuple[Tensor, Tensor]:
         """text (L, N, d), text_pos (L, N, d), image (H*W, N, d) -> (H*W, N, d) and the last attention (N, H*W, L)."""
