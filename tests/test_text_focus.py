@@ -30,6 +30,21 @@ def synthetic_distances() -> np.ndarray:
     return distances
 
 
+def official_loop(distances: np.ndarray) -> np.ndarray:
+    """STT's `load_confuse_matrix`, step by step with its element loop, as a reference."""
+    rows = np.concatenate([np.ones((1, 62)), distances[:10], distances[36:], distances[10:36]])
+    with np.errstate(divide="ignore"):
+        table = 1 / np.concatenate([np.ones((63, 1)), rows], axis=1)
+    table[np.isinf(table)] = 1
+    table = table.astype(np.float32)
+    standard = "-0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    for i in range(63):
+        for j in range(63):
+            if i != j and standard[j].islower():
+                table[i, j] = max(table[i, j], table[i, j + 26])
+    return table[:37, :37]
+
+
 @pytest.fixture(scope="module")
 def confuse_pkl(tmp_path_factory):
     path = tmp_path_factory.mktemp("confuse") / "confuse.pkl"
@@ -53,6 +68,7 @@ def test_official_table_matches_a_hand_computation(confuse_pkl):
     assert w[c("0"), c("q")].item() == pytest.approx(max(1 / d[GLYPH["0"], GLYPH["Q"]], 1 / d[GLYPH["0"], GLYPH["q"]]))
     # On the diagonal there is no max: w[o][o] = 1 / dist(o, O).
     assert w[c("o"), c("o")].item() == pytest.approx(1 / d[GLYPH["o"], GLYPH["O"]])
+    assert torch.equal(w, torch.from_numpy(official_loop(d)))
 
 
 def test_official_loader_refuses_anything_but_a_numpy_array(tmp_path):
@@ -92,7 +108,8 @@ def test_weighted_ce_is_plain_ce_with_unit_weights_and_matches_a_hand_computatio
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 37, generator=generator)
     targets = torch.tensor([3, 0, 36, 11, 3])
-    torch.testing.assert_close(confusion_weighted_ce(logits, targets, torch.ones(37, 37)), F.cross_entropy(logits, targets))
+    plain = F.cross_entropy(logits, targets)
+    torch.testing.assert_close(confusion_weighted_ce(logits, targets, torch.ones(37, 37)), plain)
 
     tiny_logits = torch.tensor([[1.0, 2.0, 0.5], [0.0, -1.0, 3.0]])
     weights = torch.tensor([[1.0, 2.0, 0.5], [4.0, 1.0, 1.0], [0.25, 3.0, 2.0]])
@@ -119,7 +136,8 @@ def test_attention_term_is_zero_for_identical_images_and_positive_otherwise(reco
     loss = TextFocusLoss(recognizer, content_weight=0.0, confuse_pkl=confuse_pkl).train()
     assert not recognizer.training and not any(p.requires_grad for p in recognizer.parameters())
     assert loss({"sr": batch["hr"].clone()}, batch).item() == 0.0
-    sr = (batch["hr"] + 0.2 * torch.rand(batch["hr"].shape, generator=torch.Generator().manual_seed(5))).requires_grad_()
+    noise = torch.rand(batch["hr"].shape, generator=torch.Generator().manual_seed(5))
+    sr = (batch["hr"] + 0.2 * noise).requires_grad_()
     value = loss({"sr": sr}, batch)
     assert value.item() > 0
     value.backward()

@@ -96,7 +96,8 @@ def official_confusion_weights(confuse_pkl_path: str | Path) -> Tensor:
     except Exception as error:  # noqa: BLE001 - every unpickling failure means the same thing here
         raise ValueError(f"{path}: not a pickled numpy array ({type(error).__name__}: {error})") from None
     if not isinstance(data, np.ndarray) or data.shape != (62, 62):
-        raise ValueError(f"{path}: expected a 62x62 numpy array, got {type(data).__name__} {getattr(data, 'shape', '')}")
+        shape = getattr(data, "shape", "")
+        raise ValueError(f"{path}: expected a 62x62 numpy array, got {type(data).__name__} {shape}")
     return confusion_table(torch.from_numpy(np.asarray(data, dtype=np.float64)))
 
 

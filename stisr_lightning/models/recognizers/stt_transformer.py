@@ -62,11 +62,16 @@ class MultiHeadedAttention(nn.Module):
         self.compress_attention_linear = nn.Linear(heads, 1)
 
     def split_heads(self, x: Tensor, projection: int) -> Tensor:
-        """Project with `linears[projection]` (0 query, 1 key, 2 value) and split: (N, L, D) -> (N, heads, L, D/heads)."""
+        """Project with `linears[projection]` (0 query, 1 key, 2 value), split: (N, L, D) -> (N, heads, L, D/heads)."""
         return self.linears[projection](x).view(x.shape[0], -1, self.num_heads, self.head_dim).transpose(1, 2)
 
     def attend(
-        self, query: Tensor, key_heads: Tensor, value_heads: Tensor, mask: Tensor | None = None, probabilities: bool = True
+        self,
+        query: Tensor,
+        key_heads: Tensor,
+        value_heads: Tensor,
+        mask: Tensor | None = None,
+        probabilities: bool = True,
     ) -> tuple[Tensor, Tensor | None]:
         """Attention of `query` (N, Lq, D) over already projected keys/values; `mask` (Lq, Lk) is True where allowed.
         Returns the output (N, Lq, D) and, if asked, the probabilities (N, heads, Lq, Lk); without them the fused
@@ -151,7 +156,8 @@ class BasicBlock(nn.Module):
 
 
 def _stage(in_channels: int, out_channels: int, blocks: int) -> nn.Sequential:
-    return nn.Sequential(BasicBlock(in_channels, out_channels), *(BasicBlock(out_channels, out_channels) for _ in range(blocks - 1)))
+    rest = (BasicBlock(out_channels, out_channels) for _ in range(blocks - 1))
+    return nn.Sequential(BasicBlock(in_channels, out_channels), *rest)
 
 
 class STTResNet(nn.Module):
