@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -49,8 +51,25 @@ def extract_state_dict(checkpoint: Any, lightning_prefix: str = "generator.") ->
     return strip_prefix(dict(state))
 
 
+def drop_unused_official_keys(module_type: type, state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Official releases carry weights of modules their forward never calls (TBSRN's GRUs, TATT's decoder
+    self-attention, LEMMA's unused encodings); a generator names them in `unused_official_keys` (a regex whose first
+    group names the module). They are dropped, with a warning that names them, so everything else loads strictly."""
+    pattern = getattr(module_type, "unused_official_keys", None)
+    if pattern is None:
+        return state
+    matches = [match for match in map(re.compile(pattern).fullmatch, state) if match]
+    if matches:
+        modules = sorted({match.group(1) for match in matches})
+        warnings.warn(f"{source}: ignoring {len(matches)} keys of modules {module_type.__name__} never calls "
+                      f"({', '.join(modules)})", stacklevel=2)
+    unused = {match.group(0) for match in matches}
+    return {key: value for key, value in state.items() if key not in unused}
+
+
 def load_weights(module: nn.Module, path: str | Path, lightning_prefix: str = "generator.") -> None:
-    load_state_dict_strict(module, extract_state_dict(read_checkpoint(path), lightning_prefix), str(path))
+    state = extract_state_dict(read_checkpoint(path), lightning_prefix)
+    load_state_dict_strict(module, drop_unused_official_keys(type(module), state, str(path)), str(path))
 
 
 def run_config_for(checkpoint_path: str | Path) -> Path:

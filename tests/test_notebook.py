@@ -1,4 +1,4 @@
-"""notebooks/results.ipynb runs end to end against a real (minimal) sweep: the Bicubic row of the tiny baselines
+"""notebooks/results.ipynb runs end to end against a real (minimal) sweep: the Bicubic row of the tiny LEMMA comparison
 sweep (no training; the baseline's three recognizer columns need all three recognizers), plus a hand-written
 sampling-steps table so that the steps plot is drawn too."""
 
@@ -17,9 +17,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def sweep_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("sweep") / "baselines-tiny"
+    out = tmp_path_factory.mktemp("sweep") / "lemma_textzoom-tiny"
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    done = subprocess.run([sys.executable, "-m", "stisr_lightning.sweeps.main", "sweeps/baselines.yaml", "--preset",
+    done = subprocess.run([sys.executable, "-m", "stisr_lightning.sweeps.main", "sweeps/comparisons/lemma_textzoom.yaml", "--preset",
                            "tiny", "--only", "Bicubic", "--out", str(out), "--no-wandb"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -57,15 +57,15 @@ def test_every_sweep_file_loads_and_expands(path, resolver, tmp_path):
     spec = load_spec(path)
     for preset in spec.presets.values():
         expansion = Expander(spec, preset, tmp_path, resolver).expand()
-        rows = {(table.id, row.name) for table in spec.tables for row in table.rows}
+        rows = {(table.id, row.name) for table in spec.tables if table.runs_in(preset.name) for row in table.rows}
         assert set(expansion.by_row) == rows
         assert all(len(ids) == len(spec.seeds) for ids in expansion.by_row.values())
 
 
-def test_baselines_layout_and_references(resolver, tmp_path):
-    spec = load_spec("baselines")
+def test_lemma_comparison_layout_and_references(resolver, tmp_path):
+    spec = load_spec("comparisons/lemma_textzoom")
     table = spec.tables[0]
-    assert [row.name for row in table.rows] == ["Bicubic", "SRCNN", "SRResNet", "TSRN"]
+    assert [row.name for row in table.rows] == ["Bicubic", "SRCNN", "SRResNet", "TSRN", "TBSRN", "TATT", "LEMMA"]
     assert [(c.group, c.name) for c in table.columns][:4] == [("ASTER", n) for n in ("Easy", "Medium", "Hard", "Average")]
     assert table.rows[0].subcommand == "test" and table.rows[1].subcommand == "fit"
     # the paper's numbers come from sweeps/references/lemma.csv (BICUBIC / ASTER/easy = 67.4 in LEMMA Table 3)
@@ -74,9 +74,11 @@ def test_baselines_layout_and_references(resolver, tmp_path):
     assert spec.metric(table.columns[4], spec.presets["tiny"]) == "test/synthetic/easy/tesseract/acc"
     assert spec.metric(table.columns[0], spec.presets["full"]) == "test/textzoom/easy/ppocr/acc"
     cells = Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand().cells
-    bicubic = next(cell for cell in cells.values() if cell.members == [("T3", "Bicubic")])
-    data = tmp_path.resolve() / "data" / "synthetic-48-24-s0"
+    bicubic = next(cell for cell in cells.values() if ("T3", "Bicubic") in cell.members)
+    assert bicubic.members == [("T3", "Bicubic"), ("T5-synthetic", "Bicubic")]  # one cell serves both tables
+    data = tmp_path.resolve() / "data" / "synthetic-48-24-str12-s0"
     assert bicubic.overrides["data.test_sets"]["synthetic/hard"] == str(data / "test" / "hard")
+    assert bicubic.overrides["data.test_sets"]["str_synth"] == str(data / "str_synth")
     assert bicubic.argv(Path("/r"))[:3] == ["test", "--config", str(REPO / "experiments" / "bicubic.yaml")]
 
 

@@ -1,5 +1,6 @@
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from stisr_lightning.losses.tatt import (
     tri_ssim,
 )
 from stisr_lightning.models.blocks.text_prior import TPGenerator, TPInterpreter
-from stisr_lightning.models.generators.tatt import TATT, UNUSED_OFFICIAL_KEYS, load_official_tatt
+from stisr_lightning.models.generators.tatt import TATT, load_official_tatt
 from stisr_lightning.systems.tatt import TATTSystem
 
 OFFICIAL = Path("/work/shared/reference/official_checkpoints")
@@ -67,7 +68,7 @@ def test_tp_generator_gives_probabilities_and_loads_official_crnn_layout(tmp_pat
 
 def test_tatt_matches_official_layout_and_parameter_count():
     model = TATT()
-    official = {key: tuple(shape) for key, shape, _ in TATT_JSON["keys"] if not UNUSED_OFFICIAL_KEYS.match(key)}
+    official = {key: tuple(shape) for key, shape, _ in TATT_JSON["keys"] if not re.fullmatch(TATT.unused_official_keys, key)}
     ours = {key: tuple(value.shape) for key, value in model.state_dict().items() if not key.startswith("tpg.")}
     assert ours == official
     # dropped: decoder self_attn (4 tensors) + norm1 (2) in both layers, and fc_feature_in (2)

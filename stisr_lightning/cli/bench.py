@@ -3,7 +3,7 @@
     stisr-bench read data/synthetic/train --workers 2
     stisr-bench synth --count 2000 --workers 2
     stisr-bench recognize --recognizers ppocr easyocr tesseract
-    stisr-bench train --generators srcnn srresnet tsrn --batch-size 64 [--device cuda --bf16]
+    stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --bf16 --channels-last]
 
 Numbers are measured after a warm-up and averaged over the measured part only.
 """
@@ -16,9 +16,11 @@ import platform
 import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import pandas as pd
 import torch
+import yaml
 
 MEASURE_SECONDS = 5.0
 
@@ -101,40 +103,87 @@ def bench_recognize(names: list[str], batch_size: int) -> list[dict]:
     return rows
 
 
-def build_generator(name: str):
-    from stisr_lightning.models.generators.srcnn import SRCNN
-    from stisr_lightning.models.generators.srresnet import SRResNet
-    from stisr_lightning.models.generators.tsrn import TSRN
-
-    generators = {"srcnn": lambda: SRCNN(in_channels=4), "srresnet": lambda: SRResNet(in_channels=4),
-                  "tsrn": lambda: TSRN(in_channels=4)}
-    if name not in generators:
-        raise SystemExit(f"stisr-bench: unknown generator {name!r} (known: {sorted(generators)})")
-    return generators[name]()
+EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
+BENCH_LABELS = ("street", "Cafe", "OPEN24", "exit", "parking", "hotel", "b4", "sale!")
 
 
-def bench_train(names: list[str], batch_size: int, device: str, bf16: bool) -> list[dict]:
-    from stisr_lightning.losses.mix import LossMix
-    from stisr_lightning.losses.pixel import GradientPriorLoss, PixelMSE
+def _experiment_channels(config_path: Path) -> int:
+    """Input channels of an experiment: 4 with the mask channel (the TextZoom default), 3 without."""
+    data = yaml.safe_load(config_path.read_text()).get("data") or {}
+    if isinstance(data, str):
+        data = yaml.safe_load((config_path.parent / data).read_text())
+    return 4 if data.get("mask", True) else 3
 
-    loss = LossMix({"mse": PixelMSE(), "gradient_prior": GradientPriorLoss()}, {"gradient_prior": 1e-4}, scale=100)
-    batch = {"lr": torch.rand(batch_size, 4, 16, 64, device=device), "hr": torch.rand(batch_size, 4, 32, 128, device=device)}
+
+def _timed(step: Callable[[], object], device: str, repeats: int = 3) -> float:
+    """Mean seconds of `step()` after one warm-up call (synchronized on GPU)."""
+    step()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    return (time.perf_counter() - start) / repeats
+
+
+def bench_train(experiments: list[str], batch_size: int, device: str, bf16: bool, channels_last: bool) -> list[dict]:
+    """Training throughput of each experiment's system as configured (its generator, loss mix and optimizer), and for
+    systems with a text prior or a recognizer-driven loss, the step share of those parts (timed on their own)."""
+    from stisr_lightning.weights import build_system
+
+    memory_format = torch.channels_last if channels_last else torch.preserve_format
     rows = []
-    for name in names:
-        generator = build_generator(name).to(device).train()
-        optimizer = torch.optim.Adam(generator.parameters(), lr=1e-4)
+    for name in experiments:
+        config = EXPERIMENTS / f"{name}.yaml"
+        if not config.is_file():
+            raise SystemExit(f"stisr-bench: no experiment {config}")
+        system = build_system(config).to(device).train()
+        if system.loss is None:
+            raise SystemExit(f"stisr-bench: {config} has no loss; it cannot be trained")
+        system.to(memory_format=memory_format)
+        channels = _experiment_channels(config)
+        batch = {
+            "lr": torch.rand(batch_size, channels, 16, 64, device=device).contiguous(memory_format=memory_format),
+            "hr": torch.rand(batch_size, channels, 32, 128, device=device).contiguous(memory_format=memory_format),
+            "label": [BENCH_LABELS[i % len(BENCH_LABELS)] for i in range(batch_size)],
+        }
+        optimizers = system.configure_optimizers()
+        optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+        autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
 
         def step() -> int:
             optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16):
-                total, _ = loss({"sr": generator(batch["lr"])}, batch)
+            with autocast:
+                total, _ = system.loss(system.forward_train(batch), batch)
             total.backward()
-            torch.nn.utils.clip_grad_norm_(generator.parameters(), 0.25)
+            torch.nn.utils.clip_grad_norm_(system.parameters(), 0.25)
             optimizer.step()
             return batch_size
 
-        rows.append({"what": f"train {name} (batch {batch_size}{', bf16' if bf16 else ''})", "workers": 1,
-                     "rate": rate(step), "unit": "images/s"})
+        label = f"train {name} (batch {batch_size}{', bf16' if bf16 else ''}{', channels_last' if channels_last else ''})"
+        row = {"what": label, "workers": 1, "rate": rate(step), "unit": "images/s"}
+        step_seconds = batch_size / row["rate"]
+        shares = []
+        prior = getattr(system.generator, "position_prior", None)
+        if prior is not None:
+            def prior_step() -> None:
+                with autocast:
+                    output = prior(batch["lr"])
+                (output.vision_logits.sum() + output.language_logits.sum()).backward()
+            shares.append(f"ABINet prior {100 * _timed(prior_step, device) / step_seconds:.0f}%")
+        for term_name, term in system.loss.terms.items():
+            if getattr(term, "recognizer", None) is None or system.loss.weights[term_name] == 0:
+                continue
+            sr = batch["hr"].clone().requires_grad_(True)
+
+            def term_step() -> None:
+                with autocast:
+                    value = term({"sr": sr}, batch)
+                value.backward()
+            shares.append(f"{term_name} loss {100 * _timed(term_step, device) / step_seconds:.0f}%")
+        row["share of step"] = ", ".join(shares) or "-"
+        rows.append(row)
+        optimizer.zero_grad(set_to_none=True)
     return rows
 
 
@@ -152,11 +201,13 @@ def main(argv: list[str] | None = None) -> None:
     recognize = commands.add_parser("recognize", help="recognizer evaluation throughput")
     recognize.add_argument("--recognizers", nargs="+", default=["ppocr", "ppocr-torch", "easyocr", "tesseract"])
     recognize.add_argument("--batch-size", type=int, default=64)
-    train = commands.add_parser("train", help="generator training throughput (forward + loss + backward + step)")
-    train.add_argument("--generators", nargs="+", default=["srcnn", "srresnet", "tsrn"])
+    train = commands.add_parser("train", help="training throughput of experiments (forward + loss + backward + step)")
+    train.add_argument("--experiments", nargs="+", default=["srcnn", "srresnet", "tsrn", "tbsrn", "tatt", "lemma"],
+                       help="experiment names (experiments/<name>.yaml)")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--bf16", action="store_true")
+    train.add_argument("--channels-last", action="store_true")
     args = parser.parse_args(argv)
 
     if args.command == "read":
@@ -166,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "recognize":
         rows = bench_recognize(args.recognizers, args.batch_size)
     else:
-        rows = bench_train(args.generators, args.batch_size, args.device, args.bf16)
+        rows = bench_train(args.experiments, args.batch_size, args.device, args.bf16, args.channels_last)
     print(f"machine: {machine()}")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))
 

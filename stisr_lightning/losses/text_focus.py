@@ -20,6 +20,8 @@ This term follows LEMMA.
 
 from __future__ import annotations
 
+import warnings
+
 import io
 import pickle
 import string
@@ -203,6 +205,12 @@ class TextFocusLoss(LossTerm):
         if recognizer_weights is not None:
             state = extract_state_dict(read_checkpoint(recognizer_weights), "recognizer.")
             load_state_dict_strict(recognizer, state, recognizer_weights)
+        else:
+            warnings.warn(
+                "TextFocusLoss: no recognizer_weights, the STT recognizer keeps its current (untrained) weights; "
+                "train experiments/recognizers/stt_synth.yaml or give pretrain_transformer.pth",
+                stacklevel=2,
+            )
         self.recognizer = recognizer.freeze()
         self.attention_weight = attention_weight
         self.content_weight = content_weight

@@ -1,12 +1,12 @@
 """`stisr-sweep`: train/evaluate every cell of a sweep file and print its tables beside the paper's numbers.
 
-    stisr-sweep sweeps/baselines.yaml --preset tiny            # run (or resume) and print the tables
+    stisr-sweep ablations/lemma.yaml --preset tiny              # run (or resume) and print the tables
     stisr-sweep ablations/lemma.yaml --preset small --workers 4 --storage postgresql://host/db
-    stisr-sweep baselines --dry-run                            # validate and list the cells
-    stisr-sweep baselines --emit-slurm sweep.sbatch --workers 8 --storage postgresql://host/db
-    stisr-sweep report baselines --preset tiny                 # rebuild the tables from the store
-    stisr-sweep export-wandb baselines --preset small          # a W&B sweep config for `wandb agent`
-    stisr-sweep search/lemma_loss_weights --workers 2          # a `search:` file: an optuna study (best.yaml)
+    stisr-sweep comparisons/lemma_textzoom --dry-run            # validate and list the cells
+    stisr-sweep comparisons/lemma_textzoom --emit-slurm sweep.sbatch --workers 8 --storage postgresql://host/db
+    stisr-sweep report ablations/lemma --preset tiny            # rebuild the tables from the store
+    stisr-sweep export-wandb ablations/lemma --preset small     # W&B sweep configs for `wandb agent`
+    stisr-sweep search/lemma_loss_weights --workers 2           # a `search:` file: an optuna study (best.yaml)
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from stisr_lightning.models.blocks.srb import Mish, UpsampleBlock
 from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
 from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.models.recognizers.prior import TextPrior
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import drop_unused_official_keys, extract_state_dict, read_checkpoint
 
 CHANNELS = 64
 """SR feature width; LEMMA's guidance branch works at the same width (d_model 64)."""
@@ -31,7 +31,6 @@ CHANNELS = 64
 PRIOR_CLASSES = 37
 """ABINet charset_36 + null: the width of the language logits fed to `text_proj`."""
 
-UNUSED_OFFICIAL_KEYS = ("guidanceGen.text_pos.pe", "guidanceGen.select_pos.pe")
 """Positional-encoding buffers the official guidance module builds but never uses; the loader drops them."""
 
 
@@ -85,6 +84,9 @@ class LEMMA(nn.Module):
     supplement: `topk` (of the 16*64 = 1024 LR positions). Precedence: without LEM its four sub-switches and `topk`
     have no effect; without MAM `alignment` has none; `alignment='none'` uses no image tokens, so LEM is not built.
     """
+
+    unused_official_keys = r"(guidanceGen\.(?:text_pos|select_pos))\.pe"
+    """Positional encodings the official code builds but never uses."""
 
     def __init__(
         self,
@@ -182,14 +184,14 @@ def load_official_lemma(
 
     Accepts a path to `LEMMA-release.pth`, its loaded `{'state_dict_G': ...}` container, or a bare state dict, with
     or without `module.`. The `position_prior.*` keys go to `prior` (which must have ABINet's official layout);
-    `UNUSED_OFFICIAL_KEYS` are dropped. Input channels, block count, scale and the STN switch are read from the keys.
+    `LEMMA.unused_official_keys` are dropped. Input channels, block count, scale and the STN switch are read from the keys.
     """
     from_file = isinstance(path_or_state, (str, Path))
     source = str(path_or_state) if from_file else "LEMMA state dict"
     checkpoint = read_checkpoint(path_or_state) if from_file else path_or_state
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source}: expected a dict checkpoint, got {type(checkpoint).__name__}")
-    state = {k: v for k, v in extract_state_dict(dict(checkpoint)).items() if k not in UNUSED_OFFICIAL_KEYS}
+    state = drop_unused_official_keys(LEMMA, extract_state_dict(dict(checkpoint)), source)
     if "block1.0.weight" not in state or "guidanceGen.DWC.weight" not in state:
         raise ValueError(f"{source}: no 'block1.0.weight' / 'guidanceGen.DWC.weight' key; not a LEMMA state dict")
 

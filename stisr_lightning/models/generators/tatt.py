@@ -20,9 +20,8 @@ from torch import Tensor, nn
 from stisr_lightning.models.blocks.srb import GruBlock, Mish, UpsampleBlock
 from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
 from stisr_lightning.models.blocks.text_prior import TPGenerator, TPInterpreter
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import drop_unused_official_keys, extract_state_dict, read_checkpoint
 
-UNUSED_OFFICIAL_KEYS = re.compile(r"infoGen\.(transformer\.decoder\.layers\.\d+\.(self_attn|norm1)\.|fc_feature_in\.)")
 """Parameters the official TATT module owns but never runs: decoder self-attention (commented out in its layer) and
 `fc_feature_in`. They are in every released `state_dict_G`; `load_official_tatt` drops them."""
 
@@ -57,6 +56,9 @@ class TATT(nn.Module):
     (16x64 input, no resize, unlike TSRN); evaluation never rectifies. The two TP Interpreter switches are described
     in `TPInterpreter` (defaults: the paper's behaviour).
     """
+
+    unused_official_keys = r"(infoGen\.transformer\.decoder\.layers\.\d+\.(?:self_attn|norm1)|infoGen\.fc_feature_in)\..+"
+    """Released weights the official forward never calls: the decoder self-attention (commented out) and fc_feature_in."""
 
     def __init__(
         self,
@@ -143,7 +145,7 @@ def load_official_tatt(
     tps_align_corners: bool = True,
 ) -> TATT:
     """Build a TATT shaped like a released checkpoint (`model_best_acc_0.pth`: `{'state_dict_G': ...}`, or a bare
-    state dict, with or without `module.`) and load it strictly, after dropping `UNUSED_OFFICIAL_KEYS`.
+    state dict, with or without `module.`) and load it strictly, after dropping `TATT.unused_official_keys`.
 
     `recognizer_path` is the student TPG saved beside it (`recognizer_best_acc_0.pth`); without it the student stays
     randomly initialized and the model is not the released one. The quirk switches default to the official
@@ -154,7 +156,7 @@ def load_official_tatt(
     checkpoint = read_checkpoint(model_path) if from_file else model_path
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{source}: expected a dict checkpoint, got {type(checkpoint).__name__}")
-    state = {k: v for k, v in extract_state_dict(checkpoint).items() if not UNUSED_OFFICIAL_KEYS.match(k)}
+    state = drop_unused_official_keys(TATT, extract_state_dict(checkpoint), source)
     if "block1.0.weight" not in state or "infoGen.fc_in.weight" not in state:
         raise ValueError(f"{source}: no 'block1.0.weight'/'infoGen.fc_in.weight' keys; not a TATT state dict")
 

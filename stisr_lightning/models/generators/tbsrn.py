@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import re
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -26,10 +25,9 @@ from stisr_lightning.models.recognizers.stt_transformer import (
     PositionwiseFeedForward,
     StdLayerNorm,
 )
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import drop_unused_official_keys, extract_state_dict, read_checkpoint
 
 POSITION_CHANNELS = 64
-UNUSED_KEY_PATTERN = re.compile(r"(conv|bn|block\d+\.gru[12])\..+")
 """Keys of the official state dict whose modules TBSRN.forward never calls."""
 
 
@@ -104,6 +102,9 @@ class TBSRN(nn.Module):
     `tps_align_corners=True` is the sampling of the released model (torch 1.2).
     """
 
+    unused_official_keys = r"(conv|bn|block\d+\.gru[12])\..+"
+    """Released weights of modules the official forward never calls: the 3->3 input conv/bn and every block's GRUs."""
+
     def __init__(
         self,
         in_channels: int = 3,
@@ -173,13 +174,7 @@ def load_official_tbsrn(
     if "block1.0.weight" not in state:
         raise ValueError(f"{source}: no 'block1.0.weight' key; not a TBSRN generator state dict")
 
-    unused = sorted(key for key in state if UNUSED_KEY_PATTERN.fullmatch(key))
-    if unused:
-        groups = sorted({UNUSED_KEY_PATTERN.fullmatch(key).group(1) for key in unused})
-        warnings.warn(
-            f"{source}: ignoring {len(unused)} keys of modules TBSRN never calls ({', '.join(groups)})", stacklevel=2
-        )
-    state = {key: value for key, value in state.items() if key not in set(unused)}
+    state = drop_unused_official_keys(TBSRN, state, source)
 
     num_blocks = sum(1 for key in state if re.fullmatch(r"block\d+\.feature_enhancer\.linear\.weight", key))
     upsample_layers = sum(1 for key in state if re.fullmatch(rf"block{num_blocks + 3}\.\d+\.conv\.weight", key))

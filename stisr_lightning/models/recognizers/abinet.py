@@ -9,6 +9,8 @@ vision -> language (-> alignment) is run, as LEMMA does; ABINet's iterative refi
 
 from __future__ import annotations
 
+import warnings
+
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -157,6 +159,12 @@ class ABINetPrior(nn.Module):
         if weights is not None:
             state = read_abinet_state(weights)
             load_strict(self, {k: v for k, v in state.items() if not k.startswith("alignment.")}, str(weights))
+        if weights is None and (vision_weights is None or language_weights is None):
+            warnings.warn(
+                "ABINetPrior: vision or language weights missing, that part starts untrained; train "
+                "experiments/recognizers/abinet_synth.yaml or give ABINet's pretraining files",
+                stacklevel=2,
+            )
 
     def forward(self, lr: Tensor) -> TextPrior:
         if lr.dim() != 4 or lr.size(1) < 3 or tuple(lr.shape[-2:]) != (16, 64):

@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from stisr_lightning.models.generators.tbsrn import TBSRN
+from stisr_lightning.models.generators.tsrn import TSRN
+from stisr_lightning.weights import load_weights
+
+
+def test_official_keys_of_unused_modules_are_dropped_by_name_and_the_rest_loads_strictly(tmp_path):
+    source = TBSRN(num_blocks=1, use_stn=False)
+    state = {**source.state_dict(), "conv.weight": torch.zeros(3, 3, 3, 3), "block2.gru1.conv1.weight": torch.zeros(1)}
+    torch.save({"state_dict_G": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "tbsrn.pth")
+    target = TBSRN(num_blocks=1, use_stn=False)
+    with pytest.warns(UserWarning, match=r"ignoring 2 keys of modules TBSRN never calls \(block2\.gru1, conv\)"):
+        load_weights(target, tmp_path / "tbsrn.pth")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), target.state_dict().values()))
+
+
+def test_a_generator_without_unused_official_keys_rejects_extra_keys(tmp_path):
+    state = {**TSRN(num_blocks=1, use_stn=False).state_dict(), "conv.weight": torch.zeros(1)}
+    torch.save(state, tmp_path / "tsrn.pth")
+    with pytest.raises(ValueError, match=r"tsrn.pth: checkpoint does not match TSRN .*unexpected 1: \[conv.weight\]"):
+        load_weights(TSRN(num_blocks=1, use_stn=False), tmp_path / "tsrn.pth")
