@@ -134,3 +134,16 @@ def test_inspect_reports_sizes_charset_and_unreadable(tmp_path, pairs):
     assert report["hr_sizes"] == {"32x128": 2} and report["lr_sizes"] == {"16x64": 3}
     assert report["charset"] == "".join(sorted(set("Hello!a b-cX9")))
     assert report["unreadable"] == ["image_hr-000000001"]
+
+
+@pytest.mark.parametrize("mode, image_format", [("RGB", "PNG"), ("L", "PNG"), ("P", "PNG"), ("RGBA", "PNG"),
+                                                ("RGB", "JPEG")])
+def test_fast_decoder_matches_pil_for_every_png_mode_and_jpeg(mode, image_format):
+    from stisr_lightning.data.textzoom import decode_image, decode_rgb, encode_image
+
+    pixels = np.random.default_rng(0).integers(0, 256, (16, 64, 3), dtype=np.uint8)
+    image = Image.fromarray(pixels).convert(mode)
+    buffer = encode_image(image, image_format)
+    decoded = decode_rgb(buffer)
+    assert decoded.dtype == np.uint8 and decoded.shape == (16, 64, 3)
+    assert np.array_equal(decoded, np.asarray(decode_image(buffer)))
