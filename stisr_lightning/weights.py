@@ -67,9 +67,24 @@ def drop_unused_official_keys(module_type: type, state: dict[str, Tensor], sourc
     return {key: value for key, value in state.items() if key not in unused}
 
 
+def complete_separately_released(module: nn.Module, state: dict[str, Tensor], source: str) -> dict[str, Tensor]:
+    """Some official generator files leave out a part released in another file (TATT's student text-prior CRNN,
+    `recognizer_best_acc_0.pth`); a generator names that part in `separately_released_keys` and loads it itself
+    (e.g. TATT's `tpg_weights`). A file without any of those keys keeps the module's current values for them, with a
+    warning unless the module says it loaded them (`separate_weights_loaded`)."""
+    pattern = getattr(module, "separately_released_keys", None)
+    if pattern is None or any(re.fullmatch(pattern, key) for key in state):
+        return state
+    if not getattr(module, "separate_weights_loaded", False):
+        warnings.warn(f"{source}: holds no weights for {pattern} (released separately); they keep their current, "
+                      f"untrained values", stacklevel=2)
+    current = {key: value for key, value in module.state_dict().items() if re.fullmatch(pattern, key)}
+    return {**current, **state}
+
+
 def load_weights(module: nn.Module, path: str | Path, lightning_prefix: str = "generator.") -> None:
-    state = extract_state_dict(read_checkpoint(path), lightning_prefix)
-    load_state_dict_strict(module, drop_unused_official_keys(type(module), state, str(path)), str(path))
+    state = drop_unused_official_keys(type(module), extract_state_dict(read_checkpoint(path), lightning_prefix), str(path))
+    load_state_dict_strict(module, complete_separately_released(module, state, str(path)), str(path))
 
 
 def run_config_for(checkpoint_path: str | Path) -> Path:

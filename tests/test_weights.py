@@ -21,3 +21,18 @@ def test_a_generator_without_unused_official_keys_rejects_extra_keys(tmp_path):
     torch.save(state, tmp_path / "tsrn.pth")
     with pytest.raises(ValueError, match=r"tsrn.pth: checkpoint does not match TSRN .*unexpected 1: \[conv.weight\]"):
         load_weights(TSRN(num_blocks=1, use_stn=False), tmp_path / "tsrn.pth")
+
+
+def test_tatt_official_generator_file_loads_with_its_separately_released_student(tmp_path):
+    from stisr_lightning.models.generators.tatt import TATT
+
+    released = TATT(num_blocks=1, use_stn=False)
+    generator_only = {k: v for k, v in released.state_dict().items() if not k.startswith("tpg.")}
+    torch.save({"state_dict_G": generator_only}, tmp_path / "model_best_acc_0.pth")
+    torch.save(released.tpg.crnn.state_dict(), tmp_path / "recognizer_best_acc_0.pth")
+
+    loaded = TATT(num_blocks=1, use_stn=False, tpg_weights=str(tmp_path / "recognizer_best_acc_0.pth"))
+    load_weights(loaded, tmp_path / "model_best_acc_0.pth")
+    assert all(torch.equal(a, b) for a, b in zip(released.state_dict().values(), loaded.state_dict().values()))
+    with pytest.warns(UserWarning, match=r"model_best_acc_0.pth: holds no weights for tpg"):
+        load_weights(TATT(num_blocks=1, use_stn=False), tmp_path / "model_best_acc_0.pth")

@@ -31,8 +31,6 @@ CHANNELS = 64
 PRIOR_CLASSES = 37
 """ABINet charset_36 + null: the width of the language logits fed to `text_proj`."""
 
-"""Positional-encoding buffers the official guidance module builds but never uses; the loader drops them."""
-
 
 class BiGRURows(nn.Module):
     """Bidirectional GRU along the width of every row (hidden channels/2 per direction). Unlike TSRN's GruBlock

@@ -20,10 +20,13 @@ from torch import Tensor, nn
 from stisr_lightning.models.blocks.srb import GruBlock, Mish, UpsampleBlock
 from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
 from stisr_lightning.models.blocks.text_prior import TPGenerator, TPInterpreter
-from stisr_lightning.weights import drop_unused_official_keys, extract_state_dict, read_checkpoint
-
-"""Parameters the official TATT module owns but never runs: decoder self-attention (commented out in its layer) and
-`fc_feature_in`. They are in every released `state_dict_G`; `load_official_tatt` drops them."""
+from stisr_lightning.models.recognizers.base import load_state_dict_strict
+from stisr_lightning.weights import (
+    complete_separately_released,
+    drop_unused_official_keys,
+    extract_state_dict,
+    read_checkpoint,
+)
 
 
 class RecurrentResidualBlockTL(nn.Module):
@@ -59,6 +62,8 @@ class TATT(nn.Module):
 
     unused_official_keys = r"(infoGen\.transformer\.decoder\.layers\.\d+\.(?:self_attn|norm1)|infoGen\.fc_feature_in)\..+"
     """Released weights the official forward never calls: the decoder self-attention (commented out) and fc_feature_in."""
+    separately_released_keys = r"tpg\..+"
+    """The student TPG is released beside the generator, as a plain CRNN file (`recognizer_best_acc_0.pth`)."""
 
     def __init__(
         self,
@@ -72,7 +77,10 @@ class TATT(nn.Module):
         tps_align_corners: bool = True,
         double_encoder_input: bool = False,
         query_gru_over_batch: bool = False,
+        tpg_weights: str | None = None,
     ) -> None:
+        """`tpg_weights`: the student TPG's weights in the CRNN file layout (TATT's `recognizer_best_acc_0.pth`);
+        with `stisr-eval --weights model_best_acc_0.pth` this evaluates the released TATT."""
         super().__init__()
         if scale_factor < 2 or scale_factor & (scale_factor - 1):
             raise ValueError(f"tatt: scale_factor must be a power of 2, got {scale_factor}")
@@ -84,6 +92,9 @@ class TATT(nn.Module):
         self.lr_size = tuple(lr_size)
 
         self.tpg = TPGenerator()
+        if tpg_weights is not None:
+            self.tpg.load_crnn_weights(tpg_weights)
+        self.separate_weights_loaded = tpg_weights is not None
         self.block1 = nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=9, padding=4), nn.PReLU())
         for index in range(num_blocks):
             setattr(self, f"block{index + 2}", RecurrentResidualBlockTL(channels, text_channels))
@@ -174,13 +185,8 @@ def load_official_tatt(
         double_encoder_input=double_encoder_input,
         query_gru_over_batch=query_gru_over_batch,
     )
-    result = model.load_state_dict(state, strict=False)
-    missing = [key for key in result.missing_keys if not key.startswith("tpg.")]
-    if missing or result.unexpected_keys:
-        raise ValueError(
-            f"{source}: checkpoint does not match TATT (missing {len(missing)}: {missing[:8]}; "
-            f"unexpected {len(result.unexpected_keys)}: {result.unexpected_keys[:8]})"
-        )
     if recognizer_path is not None:
         model.tpg.load_crnn_weights(recognizer_path)
+        model.separate_weights_loaded = True
+    load_state_dict_strict(model, complete_separately_released(model, state, source), source)
     return model

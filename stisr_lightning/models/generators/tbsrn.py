@@ -28,7 +28,7 @@ from stisr_lightning.models.recognizers.stt_transformer import (
 from stisr_lightning.weights import drop_unused_official_keys, extract_state_dict, read_checkpoint
 
 POSITION_CHANNELS = 64
-"""Keys of the official state dict whose modules TBSRN.forward never calls."""
+"""Channels of the fixed 2-D position code concatenated to the features in every FeatureEnhancer."""
 
 
 def positional_encoding_2d(channels: int, height: int, width: int) -> Tensor:
