@@ -124,3 +124,35 @@ def test_ddp_training_matches_single_process_within_tolerance(tiny_textzoom, tmp
     single, ddp = records["single"]["metrics"], records["ddp"]["metrics"]
     assert math.isfinite(ddp["test/tiny/average/psnr"])
     assert abs(ddp["test/tiny/average/psnr"] - single["test/tiny/average/psnr"]) < DDP_TRAINING_PSNR_TOLERANCE_DB
+
+
+def test_eval_refine_with_cascades_a_textdiff_run_and_records_it(tiny_textzoom, tmp_path):
+    import yaml
+
+    from stisr_lightning.systems.textdiff import TextDiffSystem
+    from stisr_lightning.weights import build_system
+
+    tiny = {"channels": 8, "num_blocks": 1, "tpg_hidden_size": 16, "unet_channels": 8, "channel_multipliers": [1, 2],
+            "attention_levels": [], "num_inference_steps": 3}
+    model = {"class_path": "stisr_lightning.systems.textdiff.TextDiffSystem",
+             "init_args": {"generator": {"class_path": "stisr_lightning.models.generators.textdiff.TextDiff",
+                                         "init_args": tiny}}}
+    refiner_run = tmp_path / "textdiff"
+    (refiner_run / "checkpoints").mkdir(parents=True)
+    (refiner_run / "config.yaml").write_text(yaml.safe_dump({"model": model}))
+    system = build_system(refiner_run / "config.yaml")
+    assert isinstance(system, TextDiffSystem)
+    torch.save({"pytorch-lightning_version": "2.0.0", "state_dict": system.state_dict()},
+               refiner_run / "checkpoints" / "best.ckpt")
+
+    STISRCLI(args=["test", "--config", "experiments/bicubic.yaml", *tiny_args(tiny_textzoom, tmp_path / "plain")])
+    result = run_command("stisr_lightning.cli.evaluate", "--config", "experiments/bicubic.yaml",
+                         "--refine-with", str(refiner_run), "--refine-steps=2",
+                         *tiny_args(tiny_textzoom, tmp_path / "refined"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    plain = json.loads((tmp_path / "plain" / "results.json").read_text())
+    refined = json.loads((tmp_path / "refined" / "results.json").read_text())
+    assert refined["config"]["refine_with"] == str(refiner_run) and refined["config"]["refine_steps"] == 2
+    assert refined["config_hash"] != plain["config_hash"]
+    assert refined["test_set_sizes"] == plain["test_set_sizes"] == {"tiny/easy": 6, "tiny/medium": 4}
+    assert refined["metrics"]["test/tiny/easy/psnr"] != plain["metrics"]["test/tiny/easy/psnr"]

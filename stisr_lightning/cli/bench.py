@@ -4,6 +4,7 @@
     stisr-bench synth --count 2000 --workers 2
     stisr-bench recognize --recognizers ppocr easyocr tesseract
     stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --bf16 --channels-last]
+    stisr-bench sample --steps 5 200 --batch-size 16 [--device cuda]
 
 Numbers are measured after a warm-up and averaged over the measured part only.
 """
@@ -187,6 +188,32 @@ def bench_train(experiments: list[str], batch_size: int, device: str, bf16: bool
     return rows
 
 
+def bench_sample(steps: list[int], batch_size: int, device: str, repeats: int) -> list[dict]:
+    """TextDiff inference (TEM + MRD sampling) at the paper's size, randomly initialized: the cost does not depend on
+    the weights, and no trained TextDiff ships with the suite."""
+    from stisr_lightning.models.generators.textdiff import TextDiff
+
+    model = TextDiff().to(device).eval()
+    lr = torch.rand(batch_size, 3, 16, 64, device=device)
+    generator = torch.Generator(device).manual_seed(0)
+    rows = []
+    with torch.inference_mode():
+        model.refine(*model.coarse(lr), num_inference_steps=1, generator=generator)  # warm-up
+        for count in steps:
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(repeats):
+                model.refine(*model.coarse(lr), num_inference_steps=count, generator=generator)
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            seconds = (time.perf_counter() - start) / repeats
+            rows.append({"what": f"TextDiff-{count} sampling, random init (batch {batch_size}, 3x16x64 -> 3x32x128)",
+                         "workers": 1, "rate": batch_size / seconds, "unit": "images/s",
+                         "s/image": f"{seconds / batch_size:.4g}"})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="stisr-bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -208,6 +235,11 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--bf16", action="store_true")
     train.add_argument("--channels-last", action="store_true")
+    sampling = commands.add_parser("sample", help="TextDiff inference speed per number of sampling steps")
+    sampling.add_argument("--steps", type=int, nargs="+", default=[5, 200])
+    sampling.add_argument("--batch-size", type=int, default=16)
+    sampling.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    sampling.add_argument("--repeats", type=int, default=1, help="timed calls per step count (after one 1-step warm-up)")
     args = parser.parse_args(argv)
 
     if args.command == "read":
@@ -216,6 +248,8 @@ def main(argv: list[str] | None = None) -> None:
         rows = [bench_synth(args.count, args.workers)]
     elif args.command == "recognize":
         rows = bench_recognize(args.recognizers, args.batch_size)
+    elif args.command == "sample":
+        rows = bench_sample(args.steps, args.batch_size, args.device, args.repeats)
     else:
         rows = bench_train(args.experiments, args.batch_size, args.device, args.bf16, args.channels_last)
     print(f"machine: {machine()}")

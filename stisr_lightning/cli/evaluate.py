@@ -3,17 +3,78 @@
     stisr-eval --config experiments/bicubic.yaml
     stisr-eval --config experiments/tsrn.yaml --ckpt_path runs/tsrn/checkpoints/best.ckpt
     stisr-eval --config experiments/tsrn.yaml --weights TSRN_model_best.pth      # an official checkpoint
+    stisr-eval --config experiments/tsrn.yaml --ckpt_path ... --refine-with runs/textdiff [--refine-steps 5]
 
 It is `stisr-train test` with the same options; results.json goes to `--trainer.default_root_dir`.
+`--refine-with RUN_OR_CKPT` cascades a trained TextDiff's MRD after the configured generator (TextDiff Table 4):
+SR = MRD(generator(lr), mask of TextDiff's B_M on lr); both options are recorded in results.json's config.
 """
 
+from __future__ import annotations
+
 import sys
+from pathlib import Path
+from typing import Optional
 
 from stisr_lightning.cli.train import STISRCLI
+from stisr_lightning.models.recognizers.base import load_state_dict_strict
+from stisr_lightning.weights import read_checkpoint
+
+DASHED_OPTIONS = {"--refine-with": "--refine_with", "--refine-steps": "--refine_steps"}
+
+
+def refiner_checkpoint(run_or_checkpoint: str) -> Path:
+    """A checkpoint file as given, or a run directory's checkpoints/best.ckpt (else last.ckpt)."""
+    path = Path(run_or_checkpoint)
+    if path.is_file():
+        return path
+    for name in ("best.ckpt", "last.ckpt"):
+        if (path / "checkpoints" / name).is_file():
+            return path / "checkpoints" / name
+    raise FileNotFoundError(f"--refine-with {run_or_checkpoint}: neither a checkpoint nor a run with checkpoints/")
+
+
+def load_refiner(run_or_checkpoint: str):
+    from stisr_lightning.models.generators.textdiff import TextDiff
+    from stisr_lightning.weights import load_system
+
+    checkpoint = refiner_checkpoint(run_or_checkpoint)
+    generator = load_system(checkpoint).generator
+    if not isinstance(generator, TextDiff):
+        raise ValueError(f"--refine-with {checkpoint}: the run's generator is {type(generator).__name__}, not TextDiff")
+    return generator
+
+
+class EvaluateCLI(STISRCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        super().add_arguments_to_parser(parser)
+        parser.add_argument("--refine_with", "--refine-with", type=Optional[str], default=None,
+                            help="A trained TextDiff run directory or checkpoint whose MRD refines the generator's SR.")
+        parser.add_argument("--refine_steps", "--refine-steps", type=Optional[int], default=None,
+                            help="Sampling steps of the refining MRD (default: the TextDiff's num_inference_steps).")
+
+    def before_test(self) -> None:
+        super().before_test()
+        config = self.config_init[self.subcommand]
+        if not config.refine_with:
+            return
+        from stisr_lightning.models.generators.textdiff import RefinedGenerator
+
+        if config.ckpt_path:
+            # Loaded here, before the generator is wrapped, since the wrapped system's keys no longer match it.
+            checkpoint = read_checkpoint(config.ckpt_path)
+            self.model.on_load_checkpoint(checkpoint)
+            load_state_dict_strict(self.model, checkpoint["state_dict"], str(config.ckpt_path))
+            config.ckpt_path = None
+        refiner = load_refiner(config.refine_with).to(self.model.device)
+        self.model.generator = RefinedGenerator(self.model.generator, refiner, config.refine_steps)
 
 
 def main(args: list[str] | None = None) -> None:
-    STISRCLI(args=["test", *(sys.argv[1:] if args is None else args)])
+    args = list(sys.argv[1:] if args is None else args)
+    for dashed, underscored in DASHED_OPTIONS.items():
+        args = [underscored + arg[len(dashed):] if arg.split("=")[0] == dashed else arg for arg in args]
+    EvaluateCLI(args=["test", *args])
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""TextDiff's loss terms (Liu et al., Eqs. 2-3, 11, 12, 15); the gradient-profile term is `pixel.GradientPriorLoss`.
+"""TextDiff's loss terms (Liu et al., Eqs. 1-3, 11, 12, 15).
 
 Output keys the terms read (the TextDiff system must provide them):
 - "mask" (N, 1, H, W): B_M's text-mask probabilities, after the sigmoid. Read by DiceLoss.
@@ -7,12 +7,13 @@ Output keys the terms read (the TextDiff system must provide them):
   RecognizerActivationLoss.
 - "residual" (N, 3, H, W): the target x0 = x_HR - x_sr. Read by LaplacianEdgeLoss and ResidualDiffusionLoss.
 - "noise_pred", "noise": predicted and drawn eps. Read by ResidualDiffusionLoss(predict_noise=True).
-- "sr_coarse" (N, 3, H, W): B_T's output x_sr. Read by RecognizerActivationLoss.
+- "sr_coarse" (N, 3, H, W): B_T's output x_sr. Read by CoarseGradientProfileLoss and RecognizerActivationLoss.
 and the batch key "hr" (its first 3 channels).
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -20,7 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stisr_lightning.losses.base import LossTerm
+from stisr_lightning.losses.pixel import gradient_field
+from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.models.recognizers.crnn import CRNN
+from stisr_lightning.weights import extract_state_dict, read_checkpoint
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 LAPLACIAN_KERNEL = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
@@ -42,6 +46,18 @@ def text_mask_from_gray(images: Tensor) -> Tensor:
 def _require_same_shape(name: str, prediction: Tensor, target: Tensor) -> None:
     if prediction.shape != target.shape:
         raise ValueError(f"textdiff: {name} shapes differ: {tuple(prediction.shape)} vs {tuple(target.shape)}")
+
+
+class CoarseGradientProfileLoss(LossTerm):
+    """L_GP (Eq. 1): L1 between the gradient fields of B_T's coarse output and HR (RGB), TSRN's gradient field.
+
+    `pixel.GradientPriorLoss` is the same formula on outputs["sr"]; TextDiff applies it to x_sr, not to the final SR.
+    """
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> Tensor:
+        prediction, target = outputs["sr_coarse"][:, :3], batch["hr"][:, :3]
+        _require_same_shape("sr_coarse vs hr", prediction, target)
+        return F.l1_loss(gradient_field(prediction), gradient_field(target))
 
 
 class DiceLoss(LossTerm):
@@ -97,11 +113,24 @@ class RecognizerActivationLoss(LossTerm):
 
     The recognizer is frozen here (eval mode, no weight gradients); gradients reach both x0_hat and x_sr, which is
     how the paper lets this term tune the addition of the two modules. `layers` name ReLUs of `recognizer.cnn`
-    (default: all seven); the walk stops after the deepest one.
+    (default: all seven); the walk stops after the deepest one. `recognizer_weights`: a CRNN state dict (the
+    official `crnn.pth`, or `runs/crnn_synth/crnn.pth` from experiments/recognizers/crnn_synth.yaml); the paper
+    uses pretrained CRNN weights, so without them this term compares features of a random network.
     """
 
-    def __init__(self, recognizer: CRNN, layers: tuple[str, ...] = CRNN_ACTIVATIONS) -> None:
+    def __init__(
+        self, recognizer: CRNN, layers: tuple[str, ...] = CRNN_ACTIVATIONS, recognizer_weights: str | None = None
+    ) -> None:
         super().__init__()
+        if recognizer_weights is not None:
+            state = extract_state_dict(read_checkpoint(recognizer_weights), "recognizer.")
+            load_state_dict_strict(recognizer, state, recognizer_weights)
+        else:
+            warnings.warn(
+                "RecognizerActivationLoss: no recognizer_weights, L_joint reads an untrained CRNN; train "
+                "experiments/recognizers/crnn_synth.yaml (runs/crnn_synth/crnn.pth) or give crnn.pth",
+                stacklevel=2,
+            )
         names = [name for name, _ in recognizer.cnn.named_children()]
         unknown = [layer for layer in layers if layer not in names]
         if not layers or unknown:

@@ -9,7 +9,10 @@ shared/reference/diffusion_textsr_edsr_quant.md, section 1.2) and these choices 
   trains it, as in TATT) and the TP Interpreter turns it into a map fed to every DSRB; then conv3x3-BN, a skip from
   the stem, PixelShuffle upsampling and a 9x9 conv to RGB, with no output activation (the residual is added to it);
 - B_M reads concat(LR RGB, stem features), as the figure draws it.
-Only the RGB channels of the input are used; the output is RGB (the test loop scores sr[:, :3]).
+Only the RGB channels of the input are used. The output has the input's channels, since the test loop compares SR
+and HR of one shape (and scores RGB only): RGB, plus for RGB + mask input (the TextZoom loaders' 4th channel) a
+4th channel holding B_M's mask, which follows the same gray-threshold convention (or, without B_M, that threshold
+applied to the SR image).
 
 Table 3 switches: `mask_branch=False` ("w/o B_M"), `refiner="unet"` ("NU": the same U-Net as a one-step residual
 regressor), `prediction="noise"` ("NP": eps-prediction with stochastic sampling, eta = 1 unless `eta` is given).
@@ -24,11 +27,19 @@ import torch
 from torch import Tensor, nn
 
 from stisr_lightning.diffusion.gaussian import ResidualDiffusionScheduler, sample
+from stisr_lightning.losses.textdiff import text_mask_from_gray
 from stisr_lightning.models.blocks.dsrb import DoubleSequentialResidualBlock
 from stisr_lightning.models.blocks.mask_predictor import MaskPredictor
 from stisr_lightning.models.blocks.srb import UpsampleBlock
 from stisr_lightning.models.blocks.text_prior import TPGenerator, TPInterpreter
 from stisr_lightning.models.generators.mrd import MRDUNet
+
+
+def match_input_channels(sr: Tensor, lr: Tensor, mask: Tensor | None) -> Tensor:
+    """RGB SR for RGB input; RGB SR + a text mask (B_M's, else the gray threshold of SR) for RGB + mask input."""
+    if lr.shape[1] == 3:
+        return sr
+    return torch.cat([sr, text_mask_from_gray(sr) if mask is None else mask], dim=1)
 
 
 class SampleInception(nn.Module):
@@ -211,7 +222,8 @@ class TextDiff(nn.Module):
         return x_sr + residual
 
     def forward(self, lr: Tensor) -> Tensor:
-        return self.refine(*self.coarse(lr))
+        x_sr, x_mask = self.coarse(lr)
+        return match_input_channels(self.refine(x_sr, x_mask), lr, x_mask)
 
 
 class RefinedGenerator(nn.Module):
@@ -230,5 +242,5 @@ class RefinedGenerator(nn.Module):
         self.num_inference_steps = num_inference_steps
 
     def forward(self, lr: Tensor) -> Tensor:
-        sr = self.base(lr)[:, :3].clamp(0, 1)
-        return self.refiner.refine(sr, self.refiner.predict_mask(lr), self.num_inference_steps)
+        sr, mask = self.base(lr)[:, :3].clamp(0, 1), self.refiner.predict_mask(lr)
+        return match_input_channels(self.refiner.refine(sr, mask, self.num_inference_steps), lr, mask)

@@ -1,0 +1,138 @@
+"""TextDiff (Liu et al.) as a system: TEM and MRD trained jointly (Algorithm 1), a frozen teacher TPG on HR for the
+text-prior loss as in TATT, AdamW, and an optional EMA of the generator used for evaluation.
+
+Outputs of `forward_train` (what `losses.textdiff`, `losses.tatt` read):
+- "sr_coarse": x_sr = B_T(lr); "mask": B_M(lr) (absent without B_M); "tp_lr"/"tp_hr": student/teacher TPs;
+- "residual": the target x0 = hr_rgb - x_sr (not detached: L_DM and L_Edge also pull x_sr, as in DocDiff);
+- "noise", "timesteps": the drawn eps and t (N,); "x0_pred": the MRD's estimate of x0 (converted from eps under noise-prediction);
+  "noise_pred": the raw eps prediction (noise-prediction only);
+- "sr": x_sr + x0_pred, the one-step estimate of the final image (L_joint's input; logging).
+The MRD reads x_t = add_noise(residual, eps, t), t uniform over the T training steps, and conditions on x_sr and
+x_m detached (DocDiff detaches the coarse condition; B_M is trained by the Dice loss only). Under "NU" the U-Net
+regresses x0 from (zeros, x_sr, x_m) in one pass.
+
+experiments/textdiff.yaml writes L_TEM + L_MRD + lambda L_joint = 0.5 GP + 3 Dice + TP + DM + Edge + 5 joint as a
+LossMix; "w/o L_joint" is weight 0 on `joint`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from stisr_lightning.losses.mix import LossMix
+from stisr_lightning.losses.textdiff import DiceLoss, ResidualDiffusionLoss
+from stisr_lightning.models.blocks.text_prior import TPGenerator
+from stisr_lightning.models.generators.textdiff import TextDiff
+from stisr_lightning.systems.base import STISRSystem
+
+
+class TextDiffSystem(STISRSystem):
+    def __init__(
+        self,
+        generator: TextDiff,
+        loss: LossMix | None = None,
+        teacher_weights: str | None = None,
+        init_student_from_teacher: bool = True,
+        ema_decay: float | None = None,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.999),
+        weight_decay: float = 1e-4,
+        **kwargs: Any,
+    ) -> None:
+        """
+        Args:
+            generator: a TextDiff generator (its TEM holds the student TPG).
+            loss: the loss mix; its terms must match the generator (noise-prediction L_DM iff prediction='noise',
+                no Dice term without B_M), checked here.
+            teacher_weights: a CRNN state dict (`crnn.pth`, or `runs/crnn_synth/crnn.pth`) for the frozen teacher
+                TPG on HR; None leaves it random (tests only: L_TP then teaches nothing).
+            init_student_from_teacher: the student TPG starts from the same file, as TATT does.
+            ema_decay: keep an exponential moving average of the generator (DocDiff: 0.9999), updated after every
+                training step and used for validation and test once it holds an average; None disables it.
+            lr, betas, weight_decay: AdamW (paper: lr 1e-4; weight decay 1e-4 as DocDiff, TextDiff's code base).
+            kwargs: everything else of `STISRSystem` (recognizers, lr_decay_epochs, ...).
+        """
+        super().__init__(generator, loss, lr=lr, betas=betas, weight_decay=weight_decay, **kwargs)
+        if not isinstance(generator, TextDiff):
+            raise ValueError(f"TextDiffSystem.generator must be a TextDiff, got {type(generator).__name__}")
+        if ema_decay is not None and not 0.0 < ema_decay < 1.0:
+            raise ValueError(f"TextDiffSystem.ema_decay must be in (0, 1) or null, got {ema_decay}")
+        self._check_loss_matches(generator, loss)
+        self.teacher_tpg = TPGenerator(generator.tem.tpg_hidden_size)
+        if teacher_weights:
+            self.teacher_tpg.load_crnn_weights(teacher_weights)
+            if init_student_from_teacher:
+                generator.tem.tpg.load_crnn_weights(teacher_weights)
+        self.teacher_tpg.crnn.freeze()
+        self.ema_decay = ema_decay
+        self.ema = None
+        if ema_decay is not None:
+            self.ema = AveragedModel(generator, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.ema.requires_grad_(False)
+
+    @staticmethod
+    def _check_loss_matches(generator: TextDiff, loss: LossMix | None) -> None:
+        if loss is None:
+            return
+        for name, term in loss.terms.items():
+            if loss.weights[name] == 0.0:
+                continue
+            if isinstance(term, ResidualDiffusionLoss) and term.predict_noise != (generator.prediction == "noise"):
+                raise ValueError(
+                    f"TextDiffSystem: loss term {name!r} has predict_noise={term.predict_noise} but the generator "
+                    f"predicts {generator.prediction!r}; set both (loss.init_args.terms.{name}.init_args.predict_noise)"
+                )
+            if isinstance(term, DiceLoss) and not generator.mask_branch:
+                raise ValueError(f"TextDiffSystem: loss term {name!r} needs B_M but mask_branch=false; weight it 0")
+
+    # ----------------------------------------------------------------------------------------------- hooks
+    def forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:
+        generator: TextDiff = self.generator
+        hr = batch["hr"][:, :3]
+        x_sr, x_mask, tp_lr = generator.coarse_with_prior(batch["lr"])
+        with torch.no_grad():
+            tp_hr = self.teacher_tpg(hr)
+        residual = hr - x_sr
+        condition, mask_condition = x_sr.detach(), None if x_mask is None else x_mask.detach()
+        outputs: dict[str, Any] = {"sr_coarse": x_sr, "residual": residual, "tp_lr": tp_lr, "tp_hr": tp_hr}
+        if x_mask is not None:
+            outputs["mask"] = x_mask
+        if generator.refiner == "unet":
+            x0_pred = generator.denoiser(None, None, condition, mask_condition)
+        else:
+            scheduler = generator.scheduler
+            timesteps = torch.randint(0, scheduler.num_train_timesteps, (hr.shape[0],), device=hr.device)
+            noise = torch.randn_like(residual)
+            noisy = scheduler.add_noise(residual.detach(), noise, timesteps)
+            prediction = generator.denoiser(noisy, timesteps, condition, mask_condition)
+            x0_pred = scheduler.pred_original_sample(prediction, timesteps, noisy)
+            outputs["noise"], outputs["timesteps"] = noise, timesteps
+            if scheduler.predict_noise:
+                outputs["noise_pred"] = prediction
+        outputs["x0_pred"] = x0_pred
+        outputs["sr"] = x_sr + x0_pred
+        return outputs
+
+    def super_resolve(self, lr: Tensor, batch: dict[str, Any] | None = None) -> Tensor:
+        if self.ema is not None and int(self.ema.n_averaged) > 0:
+            return self.ema.module(lr)
+        return self.generator(lr)
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.generator)
+
+    def configure_optimizers(self):
+        """The base system's parameter groups and StepLR, with AdamW in place of Adam."""
+        configured = super().configure_optimizers()
+        adam = configured["optimizer"] if isinstance(configured, dict) else configured
+        groups = [{"params": group["params"], "lr": group["lr"]} for group in adam.param_groups]
+        optimizer = torch.optim.AdamW(groups, betas=self.betas, weight_decay=self.weight_decay)
+        if not isinstance(configured, dict):
+            return optimizer
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_decay_epochs, gamma=self.lr_decay_gamma)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
