@@ -8,7 +8,6 @@ Submodules keep the official names (`block1` .. `block{num_blocks + 3}`, `block{
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,8 +18,14 @@ from torch import Tensor, nn
 
 from stisr_lightning.models.blocks.adafm import AdaptiveFusion, ConcatFusion
 from stisr_lightning.models.blocks.lemma_guidance import Alignment, GuidanceGenerator
-from stisr_lightning.models.blocks.srb import Mish, UpsampleBlock
-from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
+from stisr_lightning.models.blocks.skeleton import (
+    check_generator_args,
+    fusion_block,
+    reconstruction_block,
+    rectifier,
+    shallow_block,
+)
+from stisr_lightning.models.blocks.srb import Mish
 from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.models.recognizers.prior import TextPrior
 from stisr_lightning.weights import drop_unused_official_keys, extract_state_dict, read_checkpoint
@@ -106,10 +111,7 @@ class LEMMA(nn.Module):
         fusion: Literal["adaptive", "concat"] = "adaptive",
     ) -> None:
         super().__init__()
-        if scale_factor < 2 or scale_factor & (scale_factor - 1):
-            raise ValueError(f"lemma: scale_factor must be a power of 2, got {scale_factor}")
-        if in_channels not in (3, 4):
-            raise ValueError(f"lemma: in_channels must be 3 (RGB) or 4 (RGB + mask), got {in_channels}")
+        check_generator_args("lemma", scale_factor, in_channels)
         if fusion not in ("adaptive", "concat"):
             raise ValueError(f"lemma: fusion must be 'adaptive' or 'concat', got {fusion!r}")
         if num_blocks < 1:
@@ -119,26 +121,14 @@ class LEMMA(nn.Module):
         self.use_stn = use_stn
         self.lr_size = tuple(lr_size)
 
-        self.block1 = nn.Sequential(nn.Conv2d(in_channels, CHANNELS, kernel_size=9, padding=4), nn.PReLU())
+        self.block1 = shallow_block(in_channels, CHANNELS)
         for index in range(num_blocks):
             block_fusion = AdaptiveFusion(CHANNELS, self.lr_size) if fusion == "adaptive" else ConcatFusion(CHANNELS)
             setattr(self, f"block{index + 2}", GuidedRecurrentResidualBlock(CHANNELS, block_fusion))
-        setattr(
-            self,
-            f"block{num_blocks + 2}",
-            nn.Sequential(nn.Conv2d(CHANNELS, CHANNELS, kernel_size=3, padding=1), nn.BatchNorm2d(CHANNELS)),
-        )
-        upsample = [UpsampleBlock(CHANNELS, 2) for _ in range(int(math.log2(scale_factor)))]
-        setattr(
-            self,
-            f"block{num_blocks + 3}",
-            nn.Sequential(*upsample, nn.Conv2d(CHANNELS, in_channels, kernel_size=9, padding=4)),
-        )
+        setattr(self, f"block{num_blocks + 2}", fusion_block(CHANNELS))
+        setattr(self, f"block{num_blocks + 3}", reconstruction_block(CHANNELS, in_channels, scale_factor))
         if use_stn:
-            self.tps = TPSSpatialTransformer(
-                output_size=self.lr_size, num_control_points=20, margins=(0.05, 0.05), align_corners=tps_align_corners
-            )
-            self.stn_head = STNHead(in_channels=in_channels, num_control_points=20, input_size=self.lr_size)
+            self.tps, self.stn_head = rectifier(in_channels, self.lr_size, tps_align_corners)
         self.guidanceGen = GuidanceGenerator(
             channels=CHANNELS,
             num_classes=PRIOR_CLASSES,

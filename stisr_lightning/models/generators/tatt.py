@@ -9,7 +9,6 @@ generator alone maps LR to SR at test time, as TATT does (student TPG on the LR 
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,8 +16,14 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from stisr_lightning.models.blocks.srb import GruBlock, Mish, UpsampleBlock
-from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
+from stisr_lightning.models.blocks.skeleton import (
+    check_generator_args,
+    fusion_block,
+    reconstruction_block,
+    rectifier,
+    shallow_block,
+)
+from stisr_lightning.models.blocks.srb import GruBlock, Mish
 from stisr_lightning.models.blocks.text_prior import TPGenerator, TPInterpreter
 from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.weights import (
@@ -82,10 +87,7 @@ class TATT(nn.Module):
         """`tpg_weights`: the student TPG's weights in the CRNN file layout (TATT's `recognizer_best_acc_0.pth`);
         with `stisr-eval --weights model_best_acc_0.pth` this evaluates the released TATT."""
         super().__init__()
-        if scale_factor < 2 or scale_factor & (scale_factor - 1):
-            raise ValueError(f"tatt: scale_factor must be a power of 2, got {scale_factor}")
-        if in_channels not in (3, 4):
-            raise ValueError(f"tatt: in_channels must be 3 (RGB) or 4 (RGB + mask), got {in_channels}")
+        check_generator_args("tatt", scale_factor, in_channels)
         self.scale_factor = scale_factor
         self.num_blocks = num_blocks
         self.use_stn = use_stn
@@ -95,7 +97,7 @@ class TATT(nn.Module):
         if tpg_weights is not None:
             self.tpg.load_crnn_weights(tpg_weights)
         self.separate_weights_loaded = tpg_weights is not None
-        self.block1 = nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=9, padding=4), nn.PReLU())
+        self.block1 = shallow_block(in_channels, channels)
         for index in range(num_blocks):
             setattr(self, f"block{index + 2}", RecurrentResidualBlockTL(channels, text_channels))
         self.infoGen = TPInterpreter(
@@ -105,22 +107,10 @@ class TATT(nn.Module):
             double_encoder_input=double_encoder_input,
             query_gru_over_batch=query_gru_over_batch,
         )
-        setattr(
-            self,
-            f"block{num_blocks + 2}",
-            nn.Sequential(nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.BatchNorm2d(channels)),
-        )
-        upsample = [UpsampleBlock(channels, 2) for _ in range(int(math.log2(scale_factor)))]
-        setattr(
-            self,
-            f"block{num_blocks + 3}",
-            nn.Sequential(*upsample, nn.Conv2d(channels, in_channels, kernel_size=9, padding=4)),
-        )
+        setattr(self, f"block{num_blocks + 2}", fusion_block(channels))
+        setattr(self, f"block{num_blocks + 3}", reconstruction_block(channels, in_channels, scale_factor))
         if use_stn:
-            self.tps = TPSSpatialTransformer(
-                output_size=self.lr_size, num_control_points=20, margins=(0.05, 0.05), align_corners=tps_align_corners
-            )
-            self.stn_head = STNHead(in_channels=in_channels, num_control_points=20, input_size=self.lr_size)
+            self.tps, self.stn_head = rectifier(in_channels, self.lr_size, tps_align_corners)
 
     def text_prior(self, lr: Tensor) -> Tensor:
         """The student TP (N, 37, 1, 26) of the LR input, with gradients (for the distillation loss)."""

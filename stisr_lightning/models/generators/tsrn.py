@@ -6,7 +6,6 @@ Submodules keep the official names (`block1` .. `block{num_blocks + 3}`, `stn_he
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,8 +14,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stisr_lightning.models.blocks.srb import RecurrentResidualBlock, UpsampleBlock
-from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
+from stisr_lightning.models.blocks.skeleton import (
+    check_generator_args,
+    fusion_block,
+    reconstruction_block,
+    rectifier,
+    shallow_block,
+)
+from stisr_lightning.models.blocks.srb import RecurrentResidualBlock
 from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.weights import extract_state_dict, read_checkpoint
 
@@ -44,33 +49,18 @@ class TSRN(nn.Module):
         tps_align_corners: bool = True,
     ) -> None:
         super().__init__()
-        if scale_factor < 2 or scale_factor & (scale_factor - 1):
-            raise ValueError(f"tsrn: scale_factor must be a power of 2, got {scale_factor}")
-        if in_channels not in (3, 4):
-            raise ValueError(f"tsrn: in_channels must be 3 (RGB) or 4 (RGB + mask), got {in_channels}")
+        check_generator_args("tsrn", scale_factor, in_channels)
         self.scale_factor = scale_factor
         self.num_blocks = num_blocks
         self.use_stn = use_stn
 
-        self.block1 = nn.Sequential(nn.Conv2d(in_channels, channels, kernel_size=9, padding=4), nn.PReLU())
+        self.block1 = shallow_block(in_channels, channels)
         for index in range(num_blocks):
             setattr(self, f"block{index + 2}", RecurrentResidualBlock(channels))
-        setattr(
-            self,
-            f"block{num_blocks + 2}",
-            nn.Sequential(nn.Conv2d(channels, channels, kernel_size=3, padding=1), nn.BatchNorm2d(channels)),
-        )
-        upsample = [UpsampleBlock(channels, 2) for _ in range(int(math.log2(scale_factor)))]
-        setattr(
-            self,
-            f"block{num_blocks + 3}",
-            nn.Sequential(*upsample, nn.Conv2d(channels, in_channels, kernel_size=9, padding=4)),
-        )
+        setattr(self, f"block{num_blocks + 2}", fusion_block(channels))
+        setattr(self, f"block{num_blocks + 3}", reconstruction_block(channels, in_channels, scale_factor))
         if use_stn:
-            self.tps = TPSSpatialTransformer(
-                output_size=lr_size, num_control_points=20, margins=(0.05, 0.05), align_corners=tps_align_corners
-            )
-            self.stn_head = STNHead(in_channels=in_channels, num_control_points=20, input_size=STN_INPUT_SIZE)
+            self.tps, self.stn_head = rectifier(in_channels, lr_size, tps_align_corners, stn_input_size=STN_INPUT_SIZE)
 
     def rectify(self, lr: Tensor) -> Tensor:
         resized = F.interpolate(lr, STN_INPUT_SIZE, mode="bilinear", align_corners=True)
