@@ -116,11 +116,12 @@ def test_resume_after_sigkill_reruns_no_finished_cell(tmp_path):
     assert sum(counts.values()) <= 9  # at most the one cell that was running at the kill ran twice
 
 
-def test_sigint_stops_and_puts_the_running_cell_back(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_or_sigterm_stops_and_puts_the_running_cell_back(tmp_path, signum):
     store = CellStore(f"sqlite:///{tmp_path}/store.db")
     engine = driver(tmp_path, count=3, sleep=30)
     wait_for(lambda: (tmp_path / "starts.txt").exists())
-    engine.send_signal(signal.SIGINT)
+    engine.send_signal(signum)
     output, _ = engine.communicate(timeout=60)
     assert "ran 0 failed 0 interrupted True" in output
     assert {r.status for r in store.records().values()} == {PENDING}

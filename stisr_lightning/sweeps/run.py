@@ -139,7 +139,9 @@ class SweepRunner:
         threads = [threading.Thread(target=self._work, args=(w, worker_env(w.index, self.workers, self.devices_per_worker, gpus)),
                                     name=f"sweep-worker-{w.index}", daemon=True) for w in workers]
         beat = threading.Thread(target=self._heartbeat, args=([w.id for w in workers],), daemon=True)
-        previous = signal.signal(signal.SIGINT, self._interrupt) if threading.current_thread() is threading.main_thread() else None
+        # Ctrl-C, and SIGTERM from a scheduler (SLURM's time limit, `kill`): running cells stop and go back to pending.
+        stop_signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        previous = {signum: signal.signal(signum, self._interrupt) for signum in stop_signals}
         try:
             beat.start()
             for thread in threads:
@@ -149,8 +151,8 @@ class SweepRunner:
                     thread.join(timeout=0.2)
         finally:
             self.stop.set()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         return self.summary
 
     def _interrupt(self, _signum, _frame) -> None:
