@@ -145,10 +145,17 @@ def test_eval_refine_with_cascades_a_textdiff_run_and_records_it(tiny_textzoom, 
     torch.save({"pytorch-lightning_version": "2.0.0", "state_dict": system.state_dict()},
                refiner_run / "checkpoints" / "best.ckpt")
 
-    STISRCLI(args=["test", "--config", "experiments/bicubic.yaml", *tiny_args(tiny_textzoom, tmp_path / "plain")])
-    result = run_command("stisr_lightning.cli.evaluate", "--config", "experiments/bicubic.yaml",
-                         "--refine-with", str(refiner_run), "--refine-steps=2",
-                         *tiny_args(tiny_textzoom, tmp_path / "refined"))
+    # The base system's own checkpoint (--ckpt_path) must load into it before its generator is wrapped.
+    from stisr_lightning.models.generators.srcnn import SRCNN
+
+    torch.manual_seed(0)
+    base_state = {f"generator.{key}": value for key, value in SRCNN(in_channels=4).state_dict().items()}
+    base_checkpoint = tmp_path / "srcnn.ckpt"
+    torch.save({"pytorch-lightning_version": "2.0.0", "state_dict": base_state}, base_checkpoint)
+    base_args = ["--config", "experiments/srcnn.yaml", f"--ckpt_path={base_checkpoint}"]
+    STISRCLI(args=["test", *base_args, *tiny_args(tiny_textzoom, tmp_path / "plain")])
+    result = run_command("stisr_lightning.cli.evaluate", *base_args, "--refine-with", str(refiner_run),
+                         "--refine-steps=2", *tiny_args(tiny_textzoom, tmp_path / "refined"))
     assert result.returncode == 0, result.stderr[-2000:]
     plain = json.loads((tmp_path / "plain" / "results.json").read_text())
     refined = json.loads((tmp_path / "refined" / "results.json").read_text())

@@ -251,3 +251,16 @@ def test_bench_sample_labels_random_init(capsys):
     main(["sample", "--steps", "1", "2", "--batch-size", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "TextDiff-1 sampling, random init (batch 1" in out and "TextDiff-2 sampling" in out and "s/image" in out
+
+
+def test_refine_with_takes_a_checkpoint_or_a_run_directory(tmp_path):
+    from stisr_lightning.cli.evaluate import refiner_checkpoint
+
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert refiner_checkpoint(str(tmp_path / "run")) == tmp_path / "run" / "checkpoints" / "last.ckpt"
+    (tmp_path / "run" / "checkpoints" / "best.ckpt").write_bytes(b"")
+    assert refiner_checkpoint(str(tmp_path / "run")) == tmp_path / "run" / "checkpoints" / "best.ckpt"
+    assert refiner_checkpoint(str(tmp_path / "run" / "checkpoints" / "last.ckpt")).name == "last.ckpt"
+    with pytest.raises(FileNotFoundError, match="neither a checkpoint nor a run"):
+        refiner_checkpoint(str(tmp_path / "missing"))

@@ -239,7 +239,7 @@ def main(argv: list[str] | None = None) -> None:
     sampling.add_argument("--steps", type=int, nargs="+", default=[5, 200])
     sampling.add_argument("--batch-size", type=int, default=16)
     sampling.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    sampling.add_argument("--repeats", type=int, default=1, help="timed calls per step count (after one 1-step warm-up)")
+    sampling.add_argument("--repeats", type=int, default=1, help="timed calls per step count (after a 1-step warm-up)")
     args = parser.parse_args(argv)
 
     if args.command == "read":

@@ -4,7 +4,8 @@ text-prior loss as in TATT, AdamW, and an optional EMA of the generator used for
 Outputs of `forward_train` (what `losses.textdiff`, `losses.tatt` read):
 - "sr_coarse": x_sr = B_T(lr); "mask": B_M(lr) (absent without B_M); "tp_lr"/"tp_hr": student/teacher TPs;
 - "residual": the target x0 = hr_rgb - x_sr (not detached: L_DM and L_Edge also pull x_sr, as in DocDiff);
-- "noise", "timesteps": the drawn eps and t (N,); "x0_pred": the MRD's estimate of x0 (converted from eps under noise-prediction);
+- "noise", "timesteps": the drawn eps and t (N,); "x0_pred": the MRD's estimate of x0 (converted from eps under
+  noise-prediction);
   "noise_pred": the raw eps prediction (noise-prediction only);
 - "sr": x_sr + x0_pred, the one-step estimate of the final image (L_joint's input; logging).
 The MRD reads x_t = add_noise(residual, eps, t), t uniform over the T training steps, and conditions on x_sr and

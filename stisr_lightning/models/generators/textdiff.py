@@ -165,7 +165,9 @@ class TextDiff(nn.Module):
             raise ValueError("textdiff: refiner='unet' regresses the residual in one step; prediction must be 'x0'")
         self.scale_factor = scale_factor
         self.mask_branch, self.refiner, self.prediction = mask_branch, refiner, prediction
-        self.tem = TextEnhancementModule(scale_factor, channels, num_blocks, lr_size, mask_branch, wavelet, tpg_hidden_size)
+        self.tem = TextEnhancementModule(
+            scale_factor, channels, num_blocks, lr_size, mask_branch, wavelet, tpg_hidden_size
+        )
         self.denoiser = MRDUNet(
             image_channels=3,
             mask_channels=1 if mask_branch else 0,
