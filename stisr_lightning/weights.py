@@ -82,6 +82,17 @@ def complete_separately_released(module: nn.Module, state: dict[str, Tensor], so
     return {**current, **state}
 
 
+def frozen_loss_recognizer(recognizer: Any, path: str | None, owner: str, hint: str) -> Any:
+    """A recognizer that judges the SR output inside a loss term, loaded from `path` (an official file or one from
+    the suite's recipes) and frozen. Without weights it judges with an untrained network, which only checks the
+    machinery: the owner warns and says where weights come from (`hint`)."""
+    if path is not None:
+        load_state_dict_strict(recognizer, extract_state_dict(read_checkpoint(path), "recognizer."), path)
+    else:
+        warnings.warn(f"{owner}: no recognizer_weights, so the recognizer is untrained; {hint}", stacklevel=3)
+    return recognizer.freeze()
+
+
 def load_weights(module: nn.Module, path: str | Path, lightning_prefix: str = "generator.") -> None:
     state = drop_unused_official_keys(type(module), extract_state_dict(read_checkpoint(path), lightning_prefix), str(path))
     load_state_dict_strict(module, complete_separately_released(module, state, str(path)), str(path))

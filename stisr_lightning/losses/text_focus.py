@@ -20,7 +20,6 @@ This term follows LEMMA.
 
 from __future__ import annotations
 
-import warnings
 
 import io
 import pickle
@@ -38,9 +37,8 @@ from torch import Tensor
 
 from stisr_lightning.data.synthetic import _font, discover_fonts
 from stisr_lightning.losses.base import LossTerm
-from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.models.recognizers.stt_transformer import STTTransformer, encode_stt_labels
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import frozen_loss_recognizer
 
 GLYPHS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 """Row/column order of `confuse.pkl`."""
@@ -202,16 +200,10 @@ class TextFocusLoss(LossTerm):
         recognizer_weights: str | None = None,
     ) -> None:
         super().__init__()
-        if recognizer_weights is not None:
-            state = extract_state_dict(read_checkpoint(recognizer_weights), "recognizer.")
-            load_state_dict_strict(recognizer, state, recognizer_weights)
-        else:
-            warnings.warn(
-                "TextFocusLoss: no recognizer_weights, the STT recognizer keeps its current (untrained) weights; "
-                "train experiments/recognizers/stt_synth.yaml or give pretrain_transformer.pth",
-                stacklevel=2,
-            )
-        self.recognizer = recognizer.freeze()
+        self.recognizer = frozen_loss_recognizer(
+            recognizer, recognizer_weights, "TextFocusLoss",
+            "train experiments/recognizers/stt_synth.yaml or give pretrain_transformer.pth",
+        )
         self.attention_weight = attention_weight
         self.content_weight = content_weight
         weights = official_confusion_weights(confuse_pkl) if confuse_pkl else glyph_confusion_weights()

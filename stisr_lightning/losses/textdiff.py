@@ -13,7 +13,6 @@ and the batch key "hr" (its first 3 channels).
 
 from __future__ import annotations
 
-import warnings
 from typing import Any
 
 import torch
@@ -22,9 +21,8 @@ from torch import Tensor
 
 from stisr_lightning.losses.base import LossTerm
 from stisr_lightning.losses.pixel import gradient_field
-from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.models.recognizers.crnn import CRNN
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import frozen_loss_recognizer
 
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 LAPLACIAN_KERNEL = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
@@ -122,20 +120,15 @@ class RecognizerActivationLoss(LossTerm):
         self, recognizer: CRNN, layers: tuple[str, ...] = CRNN_ACTIVATIONS, recognizer_weights: str | None = None
     ) -> None:
         super().__init__()
-        if recognizer_weights is not None:
-            state = extract_state_dict(read_checkpoint(recognizer_weights), "recognizer.")
-            load_state_dict_strict(recognizer, state, recognizer_weights)
-        else:
-            warnings.warn(
-                "RecognizerActivationLoss: no recognizer_weights, L_joint reads an untrained CRNN; train "
-                "experiments/recognizers/crnn_synth.yaml (runs/crnn_synth/crnn.pth) or give crnn.pth",
-                stacklevel=2,
-            )
+        recognizer = frozen_loss_recognizer(
+            recognizer, recognizer_weights, "RecognizerActivationLoss",
+            "train experiments/recognizers/crnn_synth.yaml (runs/crnn_synth/crnn.pth) or give crnn.pth",
+        )
         names = [name for name, _ in recognizer.cnn.named_children()]
         unknown = [layer for layer in layers if layer not in names]
         if not layers or unknown:
             raise ValueError(f"textdiff: RecognizerActivationLoss layers {unknown or layers} not in CRNN.cnn {names}")
-        self.recognizer = recognizer.freeze()
+        self.recognizer = recognizer
         self.layers = tuple(layers)
         self._depth = max(names.index(layer) for layer in layers) + 1
 
