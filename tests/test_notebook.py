@@ -43,6 +43,6 @@ def test_results_notebook_plots_the_sweep(sweep_dir, monkeypatch):
     NotebookClient(notebook, timeout=180, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()  # raises on any cell error
     text = outputs(notebook)
-    assert "T3/Bicubic" in text and "2 table(s): T3, T5" in text and "1 sampling-steps plot(s)" in text
+    assert "T3/Bicubic" in text and "3 table(s): T3, T5-synthetic, T5" in text and "1 sampling-steps plot(s)" in text
     plots = sorted(path.name for path in (sweep_dir / "plots").glob("*.png"))
-    assert plots == ["accuracy_vs_psnr.png", "steps_T5.png", "table_T3.png", "table_T5.png"]
+    assert plots == ["accuracy_vs_psnr.png", "steps_T5.png", "table_T3.png", "table_T5-synthetic.png", "table_T5.png"]

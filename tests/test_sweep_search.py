@@ -163,7 +163,7 @@ def test_shipped_search_file_loads_and_validates(tmp_path, resolver):
     spec = load_search_spec("search/lemma_loss_weights.yaml")
     tiny = spec.searches["tiny"]
     assert tiny.budget == 3 and tiny.prune.monitor == "val/psnr" and tiny.metric == METRIC
-    assert "model.init_args.loss.init_args.weights.gradient_prior" in tiny.params
+    assert "model.init_args.loss.init_args.weights.text_focus" in tiny.params  # LEMMA's alpha1
     assert spec.searches["full"].metric == "test/textzoom/average/easyocr/acc"
     runner = SearchRunner(spec, "tiny", tmp_path, f"sqlite:///{tmp_path}/store.db", resolver=resolver)
     runner.validate()
