@@ -52,6 +52,14 @@ def test_fit_then_test_writes_run_directory(tiny_textzoom, tmp_path):
     assert all(key.startswith("generator.") for key in state)
 
 
+def test_fit_without_keeping_checkpoints_tests_the_best_one_then_removes_them(tiny_textzoom, tmp_path):
+    args = ["fit", "--config", "experiments/srcnn.yaml", *tiny_args(tiny_textzoom, tmp_path, "--trainer.max_steps=2",
+            "--trainer.val_check_interval=2", "--keep_checkpoints=false")]
+    STISRCLI(args=args)
+    assert "test/tiny/average/psnr" in json.loads((tmp_path / "results.json").read_text())["metrics"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def test_config_hash_ignores_where_the_run_lives(tiny_textzoom, tmp_path):
     hashes = []
     for run in ("one", "two"):

@@ -7,6 +7,7 @@ Every run lives in `trainer.default_root_dir`: the resolved `config.yaml`, `chec
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Optional
 
@@ -36,7 +37,7 @@ class STISRCLI(LightningCLI):
                 "logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "stisr-lightning", "offline": True}},
                 "use_distributed_sampler": False,
                 "callbacks": [
-                    ModelCheckpoint(monitor="val/psnr", mode="max", filename="best", save_last=True),
+                    ModelCheckpoint(monitor="val/psnr", mode="max", filename="best", save_last="link"),
                     ResultsWriter(),
                     WandbSampleTable(),
                 ],
@@ -47,6 +48,13 @@ class STISRCLI(LightningCLI):
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--test_after_fit", type=bool, default=True, help="Run `test` on the best checkpoint after fit.")
+        parser.add_argument(
+            "--keep_checkpoints",
+            type=bool,
+            default=True,
+            help="Keep checkpoints/ after fit (and test). Tiny sweep presets turn it off: LEMMA's checkpoints with "
+            "optimizer state are ~0.5 GB each and results.json holds everything the tables need.",
+        )
         parser.add_argument(
             "--weights",
             type=Optional[str],
@@ -92,11 +100,13 @@ class STISRCLI(LightningCLI):
         self._prepare_run()
 
     def after_fit(self) -> None:
-        wanted = self.config[self.subcommand].test_after_fit and getattr(self.datamodule, "test_sets", None)
-        if not wanted or not is_overridden("test_step", self.model):
-            return
-        best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
-        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        config = self.config[self.subcommand]
+        wanted = config.test_after_fit and getattr(self.datamodule, "test_sets", None)
+        if wanted and is_overridden("test_step", self.model):
+            best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
+        if not config.keep_checkpoints and self.trainer.is_global_zero:
+            shutil.rmtree(Path(self.trainer.default_root_dir) / "checkpoints", ignore_errors=True)
 
 
 def main(args=None) -> None:
