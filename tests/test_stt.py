@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fakes import random_official_state
 from stisr_lightning.models.recognizers.stt_transformer import STTTransformer, encode_stt_labels
 
 OFFICIAL = Path("/work/shared/reference/official_checkpoints/tbsrn_transformer.json")
@@ -14,13 +15,7 @@ OFFICIAL = Path("/work/shared/reference/official_checkpoints/tbsrn_transformer.j
 @pytest.fixture(scope="module")
 def official_state() -> dict[str, torch.Tensor]:
     """Random tensors with exactly the keys and shapes of `pretrain_transformer.pth`."""
-    generator = torch.Generator().manual_seed(3)
-    state = {}
-    for key, shape, dtype in json.loads(OFFICIAL.read_text())["keys"]:
-        if dtype == "torch.int64":
-            state[key] = torch.randint(0, 100, shape, generator=generator)
-        else:
-            state[key] = torch.randn(shape, generator=generator) * 0.02
+    state = random_official_state(OFFICIAL, seed=3)
     return state
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fakes import random_official_state
 from stisr_lightning.models.generators.tbsrn import TBSRN, load_official_tbsrn, positional_encoding_2d
 
 OFFICIAL = Path("/work/shared/reference/official_checkpoints/tbsrn.json")
@@ -15,13 +16,7 @@ UNUSED_PARAMETERS = 84 + 6 + 10 * (64 * 64 + 64 + 2 * (96 * 64 + 96 * 32 + 2 * 9
 @pytest.fixture(scope="module")
 def official_state() -> dict[str, torch.Tensor]:
     """Random tensors with the keys, shapes and dtypes of the released `state_dict_G`; TPS buffers from the suite."""
-    generator = torch.Generator().manual_seed(4)
-    state = {}
-    for key, shape, dtype in json.loads(OFFICIAL.read_text())["keys"]:
-        if dtype == "torch.int64":
-            state[key] = torch.randint(0, 100, shape, generator=generator)
-        else:
-            state[key] = torch.randn(shape, generator=generator) * 0.02
+    state = random_official_state(OFFICIAL, seed=4)
     state.update({f"tps.{k}": v for k, v in TBSRN().tps.state_dict().items()})
     return state
 
