@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 from stisr_lightning.data.textzoom import (
     CorruptRecordError,
     TextZoomLMDB,
+    encode_image,
     image_to_tensor,
     inspect_lmdb,
     write_str_lmdb,
@@ -147,3 +148,69 @@ def test_fast_decoder_matches_pil_for_every_png_mode_and_jpeg(mode, image_format
     decoded = decode_rgb(buffer)
     assert decoded.dtype == np.uint8 and decoded.shape == (16, 64, 3)
     assert np.array_equal(decoded, np.asarray(decode_image(buffer)))
+
+
+def test_pil_gray_is_exact_for_every_rgb_color():
+    from stisr_lightning.data.textzoom import pil_gray
+
+    colors = np.arange(1 << 24, dtype=np.uint32)
+    rgb = np.stack([colors >> 16, (colors >> 8) & 255, colors & 255], axis=-1).astype(np.uint8).reshape(4096, 4096, 3)
+    for rows in np.split(rgb, 4):  # bounded memory
+        assert np.array_equal(pil_gray(rows), np.asarray(Image.fromarray(rows).convert("L")))
+
+
+def _official_tensor(buffer, size, mask):
+    """TextZoom's resizeNormalize on a PIL image: bicubic resize, ToTensor, and the mask channel from 'L' > mean."""
+    image = Image.open(io.BytesIO(buffer)).convert("RGB").resize((size[1], size[0]), Image.BICUBIC)
+    tensor = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255)
+    if not mask:
+        return tensor
+    gray = image.convert("L")
+    threshold = np.array(gray).mean()
+    mask_image = gray.point(lambda x: 0 if x > threshold else 255)
+    return torch.cat([tensor, torch.from_numpy(np.array(mask_image)).float().div(255)[None]])
+
+
+def _mask_edge_cases():
+    """Images whose gray values sit exactly on their mean (flat, two-tone with an integer mean) or in a gradient."""
+    flat = Image.new("RGB", (128, 32), (90, 140, 30))
+    two_tone = np.zeros((32, 128, 3), np.uint8)
+    two_tone[:, 64:] = 200  # mean gray 100, equal to no pixel; with a third of them at 100 below
+    two_tone[:, :20] = 100
+    gradient = np.broadcast_to(np.linspace(0, 255, 64, dtype=np.uint8)[None, :, None], (16, 64, 3)).copy()
+    return [flat, Image.fromarray(two_tone), Image.fromarray(gradient)]
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_items_equal_official_pil_pipeline(tmp_path, mask):
+    edge = _mask_edge_cases()
+    pairs = [(_image(32, 128, 1), _image(16, 64, 2), "a"),  # stored at the target sizes (no resize)
+             (_image(37, 150, 3), _image(20, 70, 4), "b"),  # resized both ways
+             (_image(24, 96, 5), _image(9, 40, 6), "c"),
+             (edge[0], edge[2], "d"), (edge[1], edge[0], "e"), (edge[2], edge[1], "f")]
+    encoded = [(encode_image(hr), encode_image(lr), label) for hr, lr, label in pairs]
+    write_textzoom_lmdb(tmp_path / "db", encoded)
+    dataset = TextZoomLMDB(tmp_path / "db", mask=mask)
+    for index, (hr, lr, _) in enumerate(encoded):
+        item = dataset[index]
+        for kind, buffer, size in (("hr", hr, (32, 128)), ("lr", lr, (16, 64))):
+            expected = _official_tensor(buffer, size, mask)
+            assert item[kind].dtype == torch.float32 and torch.equal(item[kind], expected), (index, kind)
+
+
+def test_rgb_png_with_transparent_color_decodes_like_pil():
+    from stisr_lightning.data.textzoom import decode_image, decode_rgb
+
+    pixels = np.random.default_rng(1).integers(0, 4, (16, 64, 3), dtype=np.uint8) * 60
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", transparency=(60, 0, 120))  # a tRNS chunk on an RGB PNG
+    assert b"tRNS" in buffer.getvalue()
+    assert np.array_equal(decode_rgb(buffer.getvalue()), np.asarray(decode_image(buffer.getvalue())))
+    assert np.array_equal(decode_rgb(buffer.getvalue()), pixels)
+
+
+def test_truncated_rgb_png_is_a_corrupt_record(tmp_path, pairs):
+    write_textzoom_lmdb(tmp_path / "db", pairs)
+    _corrupt(tmp_path / "db", b"image_hr-000000002", encode_image(pairs[1][0])[:200])
+    with pytest.raises(CorruptRecordError, match=r"image_hr-000000002"):
+        TextZoomLMDB(tmp_path / "db", on_corrupt="raise")[1]

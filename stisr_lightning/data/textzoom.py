@@ -8,6 +8,7 @@ instead; they are read as HR and the LR is made by bicubic downscaling, as the o
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections import Counter
@@ -17,6 +18,7 @@ from pathlib import Path
 import cv2
 import lmdb
 import numpy as np
+import pyspng
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
@@ -25,9 +27,13 @@ from stisr_lightning.data.charset import filter_text
 
 NUM_SAMPLES_KEY = b"num-samples"
 ON_CORRUPT = ("skip", "raise")
-_LUMA_WEIGHTS = np.array([19595, 38470, 7471], dtype=np.float32)
+_UNIT_SCALE = (np.arange(256) / 255.0).astype(np.float32)  # uint8 -> [0, 1] exactly as `x / 255.0` rounds it
+# PIL's 'L' conversion, L = (19595 R + 38470 G + 7471 B + 2^15) >> 16, as float32 weights over 2^16: every product and
+# partial sum is a multiple of 2^-16 below 2^8, so the affine transform is exact and its floor is PIL's value.
+_PIL_LUMA = np.array([[19595, 38470, 7471, 32768]], dtype=np.float32) / 65536
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-cv2.setNumThreads(1)  # one decode per DataLoader worker; OpenCV's own pool would oversubscribe the cores
+_IHDR_RGB8 = b"\x08\x02"  # IHDR bit depth 8, color type 2 (truecolor), at bytes 24-25 of every PNG
+cv2.setNumThreads(1)  # one thread per DataLoader worker; OpenCV's own pool would oversubscribe the cores
 
 
 class CorruptRecordError(OSError):
@@ -73,13 +79,15 @@ def decode_image(buffer: bytes | None) -> Image.Image:
 
 
 def decode_rgb(buffer: bytes | None) -> np.ndarray:
-    """Decode to an (H, W, 3) uint8 RGB array. 8-bit RGB PNGs (what TextZoom and the synthetic sets hold) take
-    OpenCV's decoder, about 4x faster than PIL's per image and pixel-identical for lossless PNG; anything else (JPEG,
-    palette, gray, 16-bit, alpha) goes through PIL as the official loaders do."""
-    if buffer is not None and buffer[:8] == _PNG_SIGNATURE:
-        array = cv2.imdecode(np.frombuffer(buffer, np.uint8), cv2.IMREAD_UNCHANGED)
-        if array is not None and array.dtype == np.uint8 and array.ndim == 3 and array.shape[2] == 3:
-            return cv2.cvtColor(array, cv2.COLOR_BGR2RGB)
+    """Decode to an (H, W, 3) uint8 RGB array. 8-bit RGB PNGs (what TextZoom and the synthetic sets hold) take libspng,
+    about 2x faster than OpenCV's libpng and 6x faster than PIL on 32x128 crops, and pixel-identical (PNG is lossless);
+    anything else (JPEG, palette, gray, 16-bit, alpha) and anything libspng rejects goes through PIL as the official
+    loaders do."""
+    if buffer is not None and buffer[:8] == _PNG_SIGNATURE and buffer[24:26] == _IHDR_RGB8:
+        try:
+            return pyspng.load(buffer, "RGB")
+        except RuntimeError:
+            pass  # PIL decides whether the record is readable and names the problem
     return np.asarray(decode_image(buffer))
 
 
@@ -91,14 +99,26 @@ def resize_bicubic(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(Image.fromarray(rgb).resize((width, height), Image.BICUBIC))
 
 
+def pil_gray(rgb: np.ndarray) -> np.ndarray:
+    """(H, W) float32 holding exactly PIL's `convert('L')` of an (H, W, 3) uint8 RGB array (OpenCV's own RGB2GRAY
+    rounds differently)."""
+    gray = cv2.transform(rgb.astype(np.float32), _PIL_LUMA)
+    return np.floor(gray, out=gray)
+
+
 def image_to_tensor(image: Image.Image | np.ndarray, mask: bool) -> torch.Tensor:
-    """(C,H,W) float in [0,1]; with `mask`, a 4th channel: 1 where the gray ('L') value <= the image's mean gray."""
+    """(C,H,W) float in [0,1]; with `mask`, a 4th channel: 1 where the gray ('L') value <= the image's mean gray.
+
+    OpenCV's table lookup, affine transform and threshold take half the time of the equivalent numpy expressions on
+    32x128 crops (a DataLoader worker's main cost after PNG decoding), with identical values."""
     rgb = np.asarray(image, dtype=np.uint8)
     out = np.empty((4 if mask else 3, *rgb.shape[:2]), dtype=np.float32)
-    np.divide(rgb.transpose(2, 0, 1), 255.0, out=out[:3])
-    if mask:  # PIL's exact 'L' conversion: (19595 R + 38470 G + 7471 B + 2^15) >> 16
-        gray = np.floor((rgb.astype(np.float32) @ _LUMA_WEIGHTS + 32768.0) / 65536.0)  # exact below 2^24
-        np.less_equal(gray, gray.mean(), out=out[3], casting="unsafe")
+    out[:3] = cv2.LUT(rgb, _UNIT_SCALE).transpose(2, 0, 1)
+    if mask:
+        gray = pil_gray(rgb)
+        # integer gray <= mean  <=>  gray <= floor(mean); the exact float64 mean as the official np.mean computes it
+        threshold = math.floor(cv2.sumElems(gray)[0] / gray.size)
+        cv2.threshold(gray, threshold, 1.0, cv2.THRESH_BINARY_INV, dst=out[3])
     return torch.from_numpy(out)
 
 
