@@ -107,6 +107,15 @@ def test_ppocr_onnxruntime_reads_all_rendered_words(words):
     assert correct_reads(recognizer.read(words), WORDS) == len(WORDS)
 
 
+def test_ppocr_session_options_keep_plain_onnxruntime_scores(words):
+    recognizer = PPOCRRecognizer(intra_op_num_threads=2, batch_size=2)
+    plain = onnxruntime.InferenceSession(str(ppocr_model_path()), providers=["CPUExecutionProvider"])
+    expected = torch.cat([torch.from_numpy(plain.run(None, {"x": ppocr_preprocess(batch).numpy()})[0])
+                          for batch in words.split(2)])
+    assert torch.equal(recognizer.probabilities(words), expected)
+    assert recognizer.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
 def test_ppocr_recognizer_survives_pickling_without_its_session(words):
     recognizer = PPOCRRecognizer(intra_op_num_threads=1)
     recognizer.read(words[:1])
