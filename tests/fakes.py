@@ -19,14 +19,26 @@ class BrightnessRecognizer(Recognizer):
         return ["a" if value > 0.5 else "b" for value in images.mean(dim=(1, 2, 3)).tolist()]
 
 
-def random_official_state(manifest: Path, seed: int, scale: float = 0.02) -> dict[str, Tensor]:
-    """Random tensors with exactly the keys, shapes and dtypes of an official checkpoint manifest
-    (../shared/reference/official_checkpoints/*.json); integer buffers (BN counters) get small integers."""
+OFFICIAL_CHECKPOINTS = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_checkpoints"
+if not OFFICIAL_CHECKPOINTS.is_dir():
+    OFFICIAL_CHECKPOINTS = Path("/work/shared/reference/official_checkpoints")
+
+
+def random_official_state(
+    manifest: Path | str, seed: int = 0, scale: float = 0.02, prefix: str = ""
+) -> dict[str, Tensor]:
+    """Random tensors with exactly the keys (after `prefix`), shapes and dtypes of an official checkpoint manifest: a
+    path, or a name in OFFICIAL_CHECKPOINTS ("tsrn" for tsrn.json). BatchNorm running variances are positive, so
+    forward passes stay finite; integer buffers (BN counters) get small integers."""
+    path = Path(manifest) if Path(manifest).suffix == ".json" else OFFICIAL_CHECKPOINTS / f"{manifest}.json"
     generator = torch.Generator().manual_seed(seed)
     state = {}
-    for key, shape, dtype in json.loads(Path(manifest).read_text())["keys"]:
+    for key, shape, dtype in json.loads(path.read_text())["keys"]:
         if dtype == "torch.int64":
-            state[key] = torch.randint(0, 100, shape, generator=generator)
+            value = torch.randint(0, 100, shape, generator=generator)
+        elif key.endswith("running_var"):
+            value = torch.rand(shape, generator=generator) + 0.5
         else:
-            state[key] = torch.randn(shape, generator=generator) * scale
+            value = torch.randn(shape, generator=generator) * scale
+        state[prefix + key] = value
     return state

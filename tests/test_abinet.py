@@ -1,4 +1,3 @@
-import json
 import math
 from pathlib import Path
 
@@ -7,6 +6,7 @@ import torch
 import yaml
 import torch.nn.functional as F
 
+from fakes import random_official_state
 from stisr_lightning.losses.recognition import PriorFineTuneCE, abinet_label_ids
 from stisr_lightning.models.recognizers.abinet import (
     ABINetPrior,
@@ -16,19 +16,6 @@ from stisr_lightning.models.recognizers.abinet import (
     predicted_length,
 )
 from stisr_lightning.models.recognizers.prior import TextPrior
-
-OFFICIAL = Path(__file__).resolve().parents[2] / "shared" / "reference" / "official_checkpoints"
-if not OFFICIAL.is_dir():
-    OFFICIAL = Path("/work/shared/reference/official_checkpoints")
-
-
-def random_official_state(name: str, prefix: str = "") -> dict[str, torch.Tensor]:
-    """The keys, shapes and dtypes of the official file described in `<name>.json`; tensor i is filled with i/1000,
-    so a value landing under the wrong key is visible."""
-    keys = json.loads((OFFICIAL / f"{name}.json").read_text())["keys"]
-    return {prefix + key: torch.full(shape, i if dtype == "torch.int64" else i / 1000, dtype=getattr(torch, dtype[6:]))
-            for i, (key, shape, dtype) in enumerate(keys)}
-
 
 @pytest.fixture(scope="module", autouse=True)
 def single_thread():
@@ -96,8 +83,8 @@ def test_prior_loads_official_files_and_lemma_release(tmp_path):
     torch.testing.assert_close(prior.vision.cls.weight, vision["cls.weight"])
     torch.testing.assert_close(prior.language.proj.weight, language["proj.weight"])
 
-    lemma = random_official_state("abinet_vision", "position_prior.vision.")
-    lemma.update(random_official_state("abinet_language", "position_prior.language."))
+    lemma = random_official_state("abinet_vision", prefix="position_prior.vision.")
+    lemma.update(random_official_state("abinet_language", prefix="position_prior.language."))
     lemma["block1.0.weight"] = torch.zeros(64, 4, 9, 9)  # LEMMA's SR branch: not part of the prior
     torch.save({"state_dict_G": lemma, "info": {}}, tmp_path / "LEMMA-release.pth")
     prior = ABINetPrior(weights=str(tmp_path / "LEMMA-release.pth"))

@@ -1,28 +1,17 @@
 import json
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
+from fakes import OFFICIAL_CHECKPOINTS, random_official_state
 from stisr_lightning.models.blocks.srb import GruBlock, Mish, RecurrentResidualBlock, UpsampleBlock
 from stisr_lightning.models.generators.bicubic import Bicubic
 from stisr_lightning.models.generators.srcnn import SRCNN
 from stisr_lightning.models.generators.srresnet import SRResNet
 from stisr_lightning.models.generators.tsrn import TSRN, load_official_tsrn
 
-TSRN_JSON = json.loads(Path("/work/shared/reference/official_checkpoints/tsrn.json").read_text())
-
-
-def _random_official_state(seed: int = 0) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape, dtype in TSRN_JSON["keys"]:
-        if dtype == "torch.int64":
-            state[key] = torch.randint(0, 100, shape, generator=generator)
-        else:
-            state[key] = torch.randn(shape, generator=generator)
-    return state
+TSRN_JSON = json.loads((OFFICIAL_CHECKPOINTS / "tsrn.json").read_text())
 
 
 def test_mish_matches_definition():
@@ -116,7 +105,7 @@ def test_tsrn_state_dict_matches_official_layout():
 
 
 def test_load_official_tsrn_from_container_with_prefix(tmp_path):
-    state = _random_official_state()
+    state = random_official_state("tsrn")
     path = tmp_path / "model_best.pth"
     torch.save({"state_dict_G": {f"module.{k}": v for k, v in state.items()}, "info": {"iters": 3}}, path)
     model = load_official_tsrn(path)
@@ -127,7 +116,7 @@ def test_load_official_tsrn_from_container_with_prefix(tmp_path):
 
 
 def test_load_official_tsrn_reports_bad_keys():
-    state = _random_official_state()
+    state = random_official_state("tsrn")
     del state["block3.gru1.conv1.bias"]
     state["extra.weight"] = torch.zeros(1)
     with pytest.raises(ValueError, match=r"missing 1: \[block3.gru1.conv1.bias\]; unexpected 1: \[extra.weight\]"):
@@ -135,7 +124,7 @@ def test_load_official_tsrn_reports_bad_keys():
     with pytest.raises(ValueError, match="not a TSRN"):
         load_official_tsrn({"state_dict_G": {"conv.weight": torch.zeros(1)}})
     with pytest.raises(ValueError, match="lr_size"):
-        load_official_tsrn(_random_official_state(), lr_size=(32, 128))
+        load_official_tsrn(random_official_state("tsrn"), lr_size=(32, 128))
 
 
 @pytest.mark.parametrize(

@@ -4,18 +4,18 @@ official key layout, STN in training only. ABINet is replaced by a small fake pr
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from fakes import OFFICIAL_CHECKPOINTS, random_official_state
 from stisr_lightning.models.blocks.adafm import ConcatFusion, GlobalDepthwiseConv
 from stisr_lightning.models.blocks.lemma_guidance import GuidanceGenerator, compress_attention, select_top_k
 from stisr_lightning.models.generators.lemma import LEMMA, load_official_lemma
 from stisr_lightning.models.recognizers.prior import TextPrior
 
-OFFICIAL_KEYS = Path("/work/shared/reference/official_checkpoints/lemma.json")
+OFFICIAL_KEYS = OFFICIAL_CHECKPOINTS / "lemma.json"
 ABINET_PARAMETERS = 23_547_461 + 12_647_461
 T, CLASSES = 26, 37
 
@@ -226,12 +226,8 @@ def test_stn_and_prior_input_in_training_and_eval():
 
 
 def official_state(prior: nn.Module) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(0)
-    state = {}
-    for key, shape, dtype in json.loads(OFFICIAL_KEYS.read_text())["keys"]:
-        if key.startswith("position_prior."):
-            continue
-        state[key] = torch.tensor(3) if dtype == "torch.int64" else torch.randn(shape, generator=generator)
+    state = {key: value for key, value in random_official_state("lemma").items()
+             if not key.startswith("position_prior.")}
     state.update({f"position_prior.{k}": v for k, v in prior.state_dict().items()})
     return state
 
@@ -268,12 +264,8 @@ def test_bad_prior_shapes_raise_one_line_errors():
 def test_with_the_abinet_prior_the_whole_official_checkpoint_layout_loads():
     from stisr_lightning.models.recognizers.abinet import ABINetPrior
 
-    generator = torch.Generator().manual_seed(0)
     official = json.loads(OFFICIAL_KEYS.read_text())
-    state = {
-        key: torch.tensor(3) if dtype == "torch.int64" else torch.randn(shape, generator=generator)
-        for key, shape, dtype in official["keys"]
-    }
+    state = random_official_state("lemma")
     model = load_official_lemma({"state_dict_G": state}, ABINetPrior())
     assert sum(p.numel() for p in model.parameters()) == official["num_parameters"]
     loaded = model.position_prior.state_dict()["language.cls.weight"]

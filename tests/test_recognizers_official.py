@@ -9,31 +9,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from fakes import OFFICIAL_CHECKPOINTS, random_official_state
 from stisr_lightning.data.charset import PRINTABLE
 from stisr_lightning.models.recognizers.aster import ASTER, DecoderUnit
 from stisr_lightning.models.recognizers.crnn import CRNN, bicubic_gray
 from stisr_lightning.models.recognizers.moran import MORAN
 
-CHECKPOINTS = Path("/work/shared/reference/official_checkpoints")
 CLASSES = {"crnn": CRNN, "moran": MORAN, "aster": ASTER}
 
 
 def official_keys(name: str) -> list[tuple[str, list[int], str]]:
-    return [tuple(entry) for entry in json.loads((CHECKPOINTS / f"{name}.json").read_text())["keys"]]
-
-
-def random_state_dict(name: str, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random tensors with the official shapes and dtypes (positive BN variances)."""
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape, dtype in official_keys(name):
-        if dtype == "torch.int64":
-            state[key] = torch.tensor(7)
-        elif key.endswith("running_var"):
-            state[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            state[key] = torch.randn(shape, generator=generator) * 0.1
-    return state
+    return [tuple(entry) for entry in json.loads((OFFICIAL_CHECKPOINTS / f"{name}.json").read_text())["keys"]]
 
 
 def save_official(name: str, state: dict[str, torch.Tensor], path: Path) -> None:
@@ -67,7 +53,7 @@ def test_state_dict_matches_official_layout(models, name):
 
 @pytest.mark.parametrize("name", list(CLASSES))
 def test_official_container_loads_and_reproduces_outputs(tmp_path, name):
-    state = random_state_dict(name)
+    state = random_official_state(name, scale=0.1)
     options = {"max_len": 4} if name == "aster" else {}
     reference = CLASSES[name](**options).eval()
     reference.load_state_dict(state)

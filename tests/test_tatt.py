@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from fakes import OFFICIAL_CHECKPOINTS, random_official_state
 from stisr_lightning.losses.mix import LossMix
 from stisr_lightning.losses.pixel import GradientPriorLoss, PixelMSE
 from stisr_lightning.losses.tatt import (
@@ -19,9 +20,8 @@ from stisr_lightning.models.blocks.text_prior import TPGenerator, TPInterpreter
 from stisr_lightning.models.generators.tatt import TATT, load_official_tatt
 from stisr_lightning.systems.tatt import TATTSystem
 
-OFFICIAL = Path("/work/shared/reference/official_checkpoints")
-TATT_JSON = json.loads((OFFICIAL / "tatt.json").read_text())
-CRNN_JSON = json.loads((OFFICIAL / "crnn.json").read_text())
+TATT_JSON = json.loads((OFFICIAL_CHECKPOINTS / "tatt.json").read_text())
+CRNN_JSON = json.loads((OFFICIAL_CHECKPOINTS / "crnn.json").read_text())
 DECODER_UNUSED = 2 * ((192 * 64 + 192 + 64 * 64 + 64) + 2 * 64)  # self_attn + norm1 of both decoder layers
 FC_FEATURE_IN = 64 * 64 + 64
 
@@ -35,21 +35,8 @@ def single_thread():
     torch.set_num_threads(threads)
 
 
-def random_state(layout: dict, seed: int) -> dict[str, torch.Tensor]:
-    generator = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape, dtype in layout["keys"]:
-        if dtype == "torch.int64":
-            state[key] = torch.tensor(3)
-        elif "running_var" in key:
-            state[key] = torch.rand(shape, generator=generator) + 0.5
-        else:
-            state[key] = torch.randn(shape, generator=generator) * 0.05
-    return state
-
-
 def test_tp_generator_gives_probabilities_and_loads_official_crnn_layout(tmp_path):
-    state = random_state(CRNN_JSON, seed=1)
+    state = random_official_state("crnn", seed=1, scale=0.05)
     torch.save(state, tmp_path / "recognizer_best_acc_0.pth")
     tpg = TPGenerator()
     tpg.load_crnn_weights(tmp_path / "recognizer_best_acc_0.pth")
@@ -79,9 +66,9 @@ def test_tatt_matches_official_layout_and_parameter_count():
 
 
 def test_load_official_tatt_with_prefix_unused_keys_and_separate_student(tmp_path):
-    state = random_state(TATT_JSON, seed=2)
+    state = random_official_state("tatt", seed=2, scale=0.05)
     torch.save({"state_dict_G": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "model_best_acc_0.pth")
-    crnn_state = random_state(CRNN_JSON, seed=3)
+    crnn_state = random_official_state("crnn", seed=3, scale=0.05)
     torch.save(crnn_state, tmp_path / "recognizer_best_acc_0.pth")
     model = load_official_tatt(tmp_path / "model_best_acc_0.pth", tmp_path / "recognizer_best_acc_0.pth")
     loaded = model.state_dict()
@@ -224,7 +211,7 @@ def test_system_training_reduces_loss_and_clips_only_the_sr_network():
 
 
 def test_teacher_and_student_start_from_one_file_and_teacher_stays_out_of_checkpoints(tmp_path):
-    torch.save(random_state(CRNN_JSON, seed=4), tmp_path / "crnn.pth")
+    torch.save(random_official_state("crnn", seed=4, scale=0.05), tmp_path / "crnn.pth")
     generator = TATT(num_blocks=1, use_stn=False)
     system = TATTSystem(generator, None, teacher_weights=str(tmp_path / "crnn.pth"))
     teacher, student = system.teacher_tpg.crnn.state_dict(), generator.tpg.crnn.state_dict()
