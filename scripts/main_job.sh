@@ -12,7 +12,7 @@ STEPS=${STEPS:-800}
 BATCH=${BATCH:-16}
 OUT=${OUT:-runs/main_job}
 DATA=data/synthetic-${TRAIN}-${TEST}
-BIN=.venv/bin
+BIN=${BIN:-.venv/bin}
 
 [ -f "$DATA/test/hard/data.mdb" ] || $BIN/stisr-data make-synthetic --out "$DATA" --train "$TRAIN" --test "$TEST" --workers 2
 data_args=(

@@ -108,8 +108,9 @@ def run_config_for(checkpoint_path: str | Path) -> Path:
     raise FileNotFoundError(f"{checkpoint_path}: no config.yaml in any parent directory; pass --config")
 
 
-def build_system(config_path: str | Path) -> nn.Module:
-    """Instantiate the run's system (`model:` section of its config) without data, trainer or logger."""
+def build_system(config_path: str | Path, init_args: dict | None = None) -> nn.Module:
+    """Instantiate the run's system (`model:` section of its config, `init_args` replacing some of its arguments)
+    without data, trainer or logger."""
     from jsonargparse import ArgumentParser
 
     from stisr_lightning.systems.base import STISRSystem
@@ -117,6 +118,7 @@ def build_system(config_path: str | Path) -> nn.Module:
     config = yaml.safe_load(Path(config_path).read_text())
     if "model" not in config:
         raise ValueError(f"{config_path}: no 'model' section")
+    config["model"].setdefault("init_args", {}).update(init_args or {})
     parser = ArgumentParser(exit_on_error=False)
     parser.add_subclass_arguments(STISRSystem, "model")
     return parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model

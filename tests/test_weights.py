@@ -36,3 +36,16 @@ def test_tatt_official_generator_file_loads_with_its_separately_released_student
     assert all(torch.equal(a, b) for a, b in zip(released.state_dict().values(), loaded.state_dict().values()))
     with pytest.warns(UserWarning, match=r"model_best_acc_0.pth: holds no weights for tpg"):
         load_weights(TATT(num_blocks=1, use_stn=False), tmp_path / "model_best_acc_0.pth")
+
+
+def test_build_system_replaces_the_named_init_args_and_keeps_the_rest():
+    from pathlib import Path
+
+    from stisr_lightning.weights import build_system
+
+    config = Path(__file__).parents[1] / "experiments" / "tsrn.yaml"
+    configured = build_system(config)
+    trimmed = build_system(config, {"recognizers": {}, "lr": 5e-4})
+    assert sorted(configured.recognizers) == ["easyocr", "ppocr", "tesseract"]
+    assert len(trimmed.recognizers) == 0 and trimmed.lr == 5e-4
+    assert type(trimmed.generator) is type(configured.generator)
