@@ -52,17 +52,31 @@ def write(sweep_dir, spec, name="t.yaml"):
     return path
 
 
+@pytest.fixture(scope="module")
+def expansions(resolver, tmp_path_factory):
+    """(sweep file, preset) -> expansion, made once per module (resolving configs is the slow part)."""
+    out, made = tmp_path_factory.mktemp("expansions"), {}
+
+    def expand(path, preset):
+        if (path, preset) not in made:
+            spec = load_spec(path)
+            made[(path, preset)] = Expander(spec, spec.presets[preset], out, resolver).expand()
+        return made[(path, preset)]
+
+    return expand
+
+
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=[p.name for p in SWEEP_FILES])
-def test_every_sweep_file_loads_and_expands(path, resolver, tmp_path):
+def test_every_sweep_file_loads_and_expands(path, expansions):
     spec = load_spec(path)
     for preset in spec.presets.values():
-        expansion = Expander(spec, preset, tmp_path, resolver).expand()
+        expansion = expansions(path, preset.name)
         rows = {(table.id, row.name) for table in spec.tables if table.runs_in(preset.name) for row in table.rows}
         assert set(expansion.by_row) == rows
         assert all(len(ids) == len(spec.seeds) for ids in expansion.by_row.values())
 
 
-def test_lemma_comparison_layout_and_references(resolver, tmp_path):
+def test_lemma_comparison_layout_and_references(expansions):
     spec = load_spec("comparisons/lemma_textzoom")
     table = spec.tables[0]
     assert [row.name for row in table.rows] == ["Bicubic", "SRCNN", "SRResNet", "TSRN", "TBSRN", "TATT", "LEMMA"]
@@ -73,13 +87,43 @@ def test_lemma_comparison_layout_and_references(resolver, tmp_path):
     assert table.reference[("TSRN", "CRNN/Average")].value == pytest.approx(41.4)
     assert spec.metric(table.columns[4], spec.presets["tiny"]) == "test/synthetic/easy/tesseract/acc"
     assert spec.metric(table.columns[0], spec.presets["full"]) == "test/textzoom/easy/ppocr/acc"
-    cells = Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand().cells
-    bicubic = next(cell for cell in cells.values() if ("T3", "Bicubic") in cell.members)
+    expansion = expansions(spec.path, "tiny")
+    bicubic = next(cell for cell in expansion.cells.values() if ("T3", "Bicubic") in cell.members)
     assert bicubic.members == [("T3", "Bicubic"), ("T5-synthetic", "Bicubic")]  # one cell serves both tables
-    data = tmp_path.resolve() / "data" / "synthetic-48-24-str12-s0"
+    data = expansion.data_dir
+    assert data.name == "synthetic-48-24-str12-s0"
     assert bicubic.overrides["data.test_sets"]["synthetic/hard"] == str(data / "test" / "hard")
     assert bicubic.overrides["data.test_sets"]["str_synth"] == str(data / "str_synth")
     assert bicubic.argv(Path("/r"))[:3] == ["test", "--config", str(REPO / "experiments" / "bicubic.yaml")]
+
+
+def test_textdiff_tables_train_textdiff_once_and_evaluate_it(expansions):
+    path = REPO / "sweeps" / "ablations" / "textdiff.yaml"
+    spec, expansion = load_spec(path), expansions(path, "tiny")
+    assert [table.id for table in spec.tables] == ["T1", "T2", "T3", "T4", "T5"]
+    by_row, cells = expansion.by_row, expansion.cells
+    (textdiff,) = by_row[("T1", "TextDiff-5")]
+    assert by_row[("T3", "TextDiff")] == by_row[("T5", "TextDiff-5")] == [textdiff]  # trained once
+    assert by_row[("T1", "TextDiff-200")] == by_row[("T5", "TextDiff-200")]
+    steps = [cells[by_row[("T5", f"TextDiff-{n}")][0]] for n in (20, 50, 110, 200)]
+    assert all(cell.evaluates == textdiff and cell.refine_with is None for cell in steps)
+    steps_key = "model.init_args.generator.init_args.num_inference_steps"
+    assert [cell.overrides[steps_key] for cell in steps] == [20, 50, 110, 200]
+    for generator in ("TSRN", "TATT"):  # T4: the T1 generator's checkpoint, refined by the trained TextDiff's MRD
+        (cascade,) = by_row[("T4", f"{generator} + MRD")]
+        assert by_row[("T4", generator)] == by_row[("T1", generator)]
+        assert (cells[cascade].evaluates, cells[cascade].refine_with) == (by_row[("T1", generator)][0], textdiff)
+        assert cells[by_row[("T1", generator)][0]].keep_checkpoints
+    lpips = [cells[by_row[("T2", row)][0]].overrides["model.init_args.lpips_net"] for row in ("TATT", "TextDiff")]
+    assert lpips == ["vgg", "vgg"] and all(cells[by_row[("T2", row)][0]].evaluates for row in ("TATT", "TextDiff"))
+    trained = [cell for cell in cells.values() if not cell.evaluates]
+    assert len(trained) == 10 and len(cells) == 18  # 5 generators, TextDiff and its 4 ablations; 8 evaluations
+    # the tiny preset narrows the MRD U-Net of TextDiff cells only (CI time); small and full keep the paper's 64
+    unet = "model.init_args.generator.init_args.unet_channels"
+    assert {cell.overrides.get(unet) for cell in cells.values() if cell.base.name == "textdiff.yaml"} == {16}
+    assert all(unet not in cell.overrides for cell in cells.values() if cell.base.name != "textdiff.yaml")
+    assert all(unet not in cell.overrides for cell in expansions(path, "small").cells.values())
+    assert spec.metric(spec.tables[4].columns[-1], spec.presets["tiny"]) == "test/seconds_per_image"
 
 
 def test_identical_cells_are_deduplicated_across_tables(sweep_dir, resolver, tmp_path):

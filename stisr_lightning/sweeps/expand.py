@@ -1,6 +1,10 @@
 """Sweep spec -> cells. A cell is (hash of the resolved experiment config, seed): rows of different tables that
 resolve to the same config share one cell, so it is trained once.
 
+An evaluation row's cell runs `stisr-eval` on the checkpoint of the cell it evaluates (same seed), optionally refined
+by a trained TextDiff cell's MRD; its hash covers the test config and the hashes of those cells. An evaluation that
+changes nothing is the evaluated cell itself (fit already tested the best checkpoint).
+
 Configs are resolved with stisr-train's own parser (no class is instantiated), which also validates every override
 key and value before anything trains.
 """
@@ -17,6 +21,9 @@ from typing import Any
 from stisr_lightning.sweeps.spec import Preset, Row, SweepSpec, SweepSpecError, Table
 
 SYNTHETIC_SUBSETS = ("easy", "medium", "hard", "str_synth")
+TRAIN_MODULE, EVALUATE_MODULE = "stisr_lightning.cli.train", "stisr_lightning.cli.evaluate"
+CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a trained cell's run folder (stisr-train's ModelCheckpoint)
+SECONDS_PER_IMAGE = "test/seconds_per_image"  # derived from results.json's test throughput (tables.metric_values)
 OUT_PLACEHOLDER = "$OUT"
 UNHASHED_KEYS = ("config", "seed_everything", "__path__")  # seed is the cell's second coordinate
 ERROR_HINTS = ("not accepted", "unrecognized", "not a valid", "expected a", "does not exist", "not found", "invalid")
@@ -31,11 +38,28 @@ class Cell:
     base: Path
     overrides: dict[str, Any]  # preset, synthetic data, then row: later keys win
     members: list[tuple[str, str]] = field(default_factory=list)  # (table id, row name)
+    evaluates: str | None = None  # cell id whose checkpoint this cell tests with stisr-eval (instead of training)
+    refine_with: str | None = None  # cell id of a trained TextDiff whose MRD refines the output (--refine-with)
+    keep_checkpoints: bool = False  # other cells evaluate this one: keep its checkpoint whatever the config says
+
+    @property
+    def needs(self) -> list[str]:
+        """Cells that must be done before this one runs."""
+        return [cell_id for cell_id in (self.evaluates, self.refine_with) if cell_id]
+
+    @property
+    def module(self) -> str:
+        return EVALUATE_MODULE if self.evaluates else TRAIN_MODULE
 
     def argv(self, run_dir: Path) -> list[str]:
-        """stisr-train arguments (after the program name)."""
+        """Arguments of `python -m <module>` (stisr-train, or stisr-eval for an evaluation cell). Other cells' run
+        folders are siblings of `run_dir`. Keeping a checkpoint does not enter the hash: it changes no result."""
         flags = [f"--{key}={format_value(value)}" for key, value in self.overrides.items()]
-        return [self.subcommand, "--config", str(self.base), *flags, f"--seed_everything={self.seed}",
+        flags += ["--keep_checkpoints=true"] if self.keep_checkpoints else []
+        flags += [f"--ckpt_path={run_dir.parent / self.evaluates / CHECKPOINT}"] if self.evaluates else []
+        flags += [f"--refine_with={run_dir.parent / self.refine_with}"] if self.refine_with else []
+        command = [] if self.evaluates else [self.subcommand]  # stisr-eval is always `test`
+        return [*command, "--config", str(self.base), *flags, f"--seed_everything={self.seed}",
                 f"--trainer.default_root_dir={run_dir}"]
 
 
@@ -118,7 +142,7 @@ def producible_metrics(config: dict[str, Any]) -> re.Pattern | None:
     names = test_sets + [f"{dataset}/average" for dataset in datasets]
     sets = "|".join(re.escape(name) for name in names)
     readers = "|".join(re.escape(name) for name in recognizers) or "(?!)"
-    return re.compile(rf"test/({sets})/(({readers})/(acc|ned)|[a-z_]+)")
+    return re.compile(rf"test/({sets})/(({readers})/(acc|ned)|[a-z_]+)|{re.escape(SECONDS_PER_IMAGE)}")
 
 
 class Expander:
@@ -127,6 +151,8 @@ class Expander:
         self.resolver = resolver or ConfigResolver()
         self.data_dir = synthetic_dir(self.out_dir, preset)
         self._data_overrides: dict[tuple[str, Path, str], dict[str, Any]] = {}
+        self._generators: dict[str, str] = {}  # config hash of a trained cell -> its generator's class path
+        self._tested: dict[str, dict[str, Any]] = {}  # trained cell's hash + test data -> the config of its test
 
     def _where(self, table: Table, row: Row | None = None) -> str:
         return f"{self.spec.path}: table {table.id}" + (f": row {row.name!r}" if row else "")
@@ -150,8 +176,9 @@ class Expander:
         test set names as the base, or as the row's `data.test_sets` when it picks other sets)."""
         key = (row.subcommand, row.base, json.dumps(row.overrides.get("data.test_sets"), sort_keys=True))
         if key not in self._data_overrides:
+            preset = self.preset.overrides_for(row.base)
             config = self._resolve(f"{self._where(table, row)}: preset {self.preset.name!r}", row.subcommand, row.base,
-                                   self.preset.overrides, self.preset.overrides)
+                                   preset, preset)
             if self.data_dir is None:
                 self._data_overrides[key] = {}
                 return {}
@@ -171,29 +198,85 @@ class Expander:
 
     def expand(self, seeds: list[int] | None = None, only: list[str] | None = None) -> Expansion:
         seeds = list(seeds or self.spec.seeds)
-        names = {row.name for table in self.spec.tables if table.runs_in(self.preset.name) for row in table.rows}
+        tables = [table for table in self.spec.tables if table.runs_in(self.preset.name)]
+        names = {row.name for table in tables for row in table.rows}
         missing = sorted(set(only or []) - names)
         if missing:
             raise SweepSpecError(f"{self.spec.path}: --only {missing[0]!r} is not a row of any table")
+        wanted = self._with_dependencies(tables, set(only)) if only else None
         cells: dict[str, Cell] = {}
         by_row: dict[tuple[str, str], list[str]] = {}
-        tables = [table for table in self.spec.tables if table.runs_in(self.preset.name)]
-        for table in tables:
-            for row in table.rows:
-                if only and row.name not in only:
-                    continue
-                data = self.data_overrides(table, row)  # a row's test sets are relocated into the preset's data
-                row_overrides = {k: v for k, v in row.overrides.items() if not (data and k == "data.test_sets")}
-                overrides = {**self.preset.overrides, **data, **row_overrides}
-                config = self._resolve(self._where(table, row), row.subcommand, row.base, overrides, row.overrides)
-                self._check_columns(table, row, config)
-                digest = config_hash(row.subcommand, config, self.out_dir)
-                for seed in seeds:
-                    cell_id = f"{digest}-s{seed}"
-                    cell = cells.setdefault(cell_id, Cell(cell_id, digest, seed, row.subcommand, row.base, overrides))
-                    cell.members.append((table.id, row.name))
-                    by_row.setdefault((table.id, row.name), []).append(cell_id)
+        rows = [(table, row) for table in tables for row in table.rows
+                if wanted is None or (table.id, row.name) in wanted]
+        # trained (and parameter-free) rows first: evaluation rows need their cells
+        for table, row in sorted(rows, key=lambda pair: pair[1].evaluate is not None):
+            built = self._cells(table, row, seeds) if row.evaluate is None else \
+                self._evaluation_cells(table, row, cells, by_row)
+            for cell in built:
+                cell = cells.setdefault(cell.cell_id, cell)
+                cell.members.append((table.id, row.name))
+                by_row.setdefault((table.id, row.name), []).append(cell.cell_id)
+        for cell in cells.values():
+            for needed in cell.needs:
+                cells[needed].keep_checkpoints = True
         return Expansion(cells, by_row, tables, self.data_dir)
+
+    def _with_dependencies(self, tables: list[Table], only: set[str]) -> set[tuple[str, str]]:
+        """--only rows, plus the rows they evaluate."""
+        chosen = {(table.id, row.name): row for table in tables for row in table.rows if row.name in only}
+        for row in list(chosen.values()):
+            if row.evaluate is not None:
+                chosen.update(dict.fromkeys(filter(None, (row.evaluate.of, row.evaluate.refine_with))))
+        return set(chosen)
+
+    def _overrides(self, table: Table, row: Row) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The row's own overrides and the preset data's (train_dirs, test_sets)."""
+        data = self.data_overrides(table, row)  # a row's test sets are relocated into the preset's data
+        return {k: v for k, v in row.overrides.items() if not (data and k == "data.test_sets")}, data
+
+    def _cells(self, table: Table, row: Row, seeds: list[int]) -> list[Cell]:
+        row_overrides, data = self._overrides(table, row)
+        overrides = {**self.preset.overrides_for(row.base), **data, **row_overrides}
+        config = self._resolve(self._where(table, row), row.subcommand, row.base, overrides, row.overrides)
+        self._check_columns(table, row, config)
+        digest = config_hash(row.subcommand, config, self.out_dir)
+        generator = ((config.get("model") or {}).get("init_args") or {}).get("generator") or {}
+        self._generators[digest] = str(generator.get("class_path"))
+        return [Cell(f"{digest}-s{seed}", digest, seed, row.subcommand, row.base, overrides) for seed in seeds]
+
+    def _evaluation_cells(self, table: Table, row: Row, cells: dict[str, Cell],
+                          by_row: dict[tuple[str, str], list[str]]) -> list[Cell]:
+        """One stisr-eval cell per seed on the evaluated cell of that seed; the evaluated cell itself when the row
+        changes nothing of its test."""
+        where = self._where(table, row)
+        for reference in filter(None, (row.evaluate.of, row.evaluate.refine_with)):
+            if reference not in by_row:
+                raise SweepSpecError(f"{where}: evaluates {'/'.join(reference)!r}, whose table does not run in preset "
+                                     f"{self.preset.name!r}")
+        targets = [cells[cell_id] for cell_id in by_row[row.evaluate.of]]
+        refine_with = row.evaluate.refine_with
+        refiners = [cells[cell_id] for cell_id in by_row[refine_with]] if refine_with else None
+        if refiners and not self._generators[refiners[0].config_hash].endswith(".TextDiff"):
+            raise SweepSpecError(f"{where}: evaluate.refine_with {'/'.join(refine_with)!r} trains "
+                                 f"{self._generators[refiners[0].config_hash]}, not TextDiff (its MRD refines)")
+        row_overrides, data = self._overrides(table, row)
+        trained = {**targets[0].overrides, **data}
+        config = self._resolve(where, "test", row.base, {**trained, **row_overrides}, row.overrides)
+        self._check_columns(table, row, config)
+        key = targets[0].config_hash + json.dumps(data, sort_keys=True)
+        if key not in self._tested:
+            self._tested[key] = self._resolve(where, "test", row.base, trained, {})
+        if refiners is None and config == self._tested[key]:
+            return targets
+        evaluated = []
+        for position, target in enumerate(targets):
+            refiner = refiners[position] if refiners else None
+            digest = config_hash("evaluate", {"test": config, "of": target.config_hash,
+                                              "refine_with": refiner.config_hash if refiner else None}, self.out_dir)
+            evaluated.append(Cell(f"{digest}-s{target.seed}", digest, target.seed, "test", row.base,
+                                  {**trained, **row_overrides}, evaluates=target.cell_id,
+                                  refine_with=refiner.cell_id if refiner else None))
+        return evaluated
 
     def _check_columns(self, table: Table, row: Row, config: dict[str, Any]) -> None:
         pattern = producible_metrics(config)

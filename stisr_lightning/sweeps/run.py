@@ -1,5 +1,9 @@
 """Workers: claim a pending cell, run it as a stisr-train subprocess (crashes and DDP stay inside it), record it.
 
+A cell that evaluates other cells (stisr-eval on their checkpoint) is claimed only once they are done; when one of
+them failed it is recorded as failed with the reason, without running. Workers with only such waiting cells left poll
+the store (another worker, or another engine sharing it, is running what they wait for).
+
 `workers` threads each own a device slot (CUDA_VISIBLE_DEVICES, or an OMP thread share on CPU). Children start in
 their own session, so a Ctrl-C reaches only the engine: it stops the children it started, puts their cells back to
 pending, and returns after recording what finished. After a SIGKILL of the engine, the next start reclaims the dead
@@ -22,15 +26,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from stisr_lightning.sweeps.expand import Cell
-from stisr_lightning.sweeps.store import DONE, FAILED, CellStore, Worker
+from stisr_lightning.sweeps.expand import CHECKPOINT, Cell
+from stisr_lightning.sweeps.store import DONE, FAILED, PENDING, RUNNING, CellStore, Worker
 
 CellCommand = Callable[[Cell, Path], list[str]]
 ALWAYS_COMPUTED = ("psnr", "ssim", "acc", "ned")
 
 
 def stisr_train_command(cell: Cell, run_dir: Path) -> list[str]:
-    return [sys.executable, "-m", "stisr_lightning.cli.train", *cell.argv(run_dir)]
+    """`python -m stisr_lightning.cli.train ...`, or `cli.evaluate` for a cell that evaluates another's checkpoint."""
+    return [sys.executable, "-m", cell.module, *cell.argv(run_dir)]
 
 
 def pid_alive(pid: int) -> bool:
@@ -111,11 +116,11 @@ class RunSummary:
 class SweepRunner:
     def __init__(self, store: CellStore, cells: list[Cell], out_dir: Path, *, cell_command: CellCommand = stisr_train_command,
                  workers: int = 1, devices_per_worker: int = 1, cwd: Path | None = None, heartbeat_s: float = 30.0,
-                 stale_after_s: float = 300.0):
+                 stale_after_s: float = 300.0, wait_s: float = 2.0):
         self.store, self.cells = store, {cell.cell_id: cell for cell in cells}
         self.out_dir, self.cell_command, self.cwd = Path(out_dir), cell_command, cwd
         self.workers, self.devices_per_worker = max(1, workers), max(1, devices_per_worker)
-        self.heartbeat_s, self.stale_after_s = heartbeat_s, stale_after_s
+        self.heartbeat_s, self.stale_after_s, self.wait_s = heartbeat_s, stale_after_s, wait_s
         self.stop = threading.Event()
         self.children: dict[str, subprocess.Popen] = {}
         self.stopped: set[str] = set()  # cells whose child we terminated (Lightning may then exit 0)
@@ -185,20 +190,48 @@ class SweepRunner:
                 pending = self.store.pending(self.cells)
                 if not pending:
                     return
+            statuses = self.store.statuses({needed for cell_id in pending for needed in self.cells[cell_id].needs})
             for cell_id in pending:
                 if self.stop.is_set():
                     return
                 cell = self.cells[cell_id]
+                waiting, reason = self._dependencies(cell, statuses)
+                if waiting:
+                    continue
                 run_dir = self.run_dir(cell)
                 log_path = run_dir / "sweep.log"
                 if not self.store.claim(cell_id, worker, str(run_dir), str(log_path)):
                     started = time.perf_counter()
                     continue
-                run_s = self._run_cell(cell, worker, env, run_dir, log_path)
+                if reason:
+                    self.store.finish(cell_id, worker, FAILED, returncode=None, error=reason, results=None, run_s=0.0)
+                    self.summary.failed.append(cell_id)
+                    run_s = 0.0
+                else:
+                    run_s = self._run_cell(cell, worker, env, run_dir, log_path)
                 overhead = time.perf_counter() - started - run_s
                 self.store.set_overhead(cell_id, overhead)
                 self.summary.overhead_s.append(overhead)
                 break  # re-read the pending list: other workers may have taken cells meanwhile
+            else:  # nothing claimable: every pending cell waits for cells that run elsewhere
+                if self.stop.wait(self.wait_s):
+                    return
+                self.summary.reclaimed += self.store.reclaim_stale(self.stale_after_s, pid_alive, stop_orphan)
+
+    def _dependencies(self, cell: Cell, statuses: dict[str, str]) -> tuple[bool, str | None]:
+        """(wait, reason to fail): wait while a needed cell is pending or running; fail when one failed or left no
+        checkpoint (it was trained before anything needed it, without keeping checkpoints, or on another disk)."""
+        for needed in cell.needs:
+            if needed not in self.cells:
+                return False, f"dependency {needed} is not a cell of this sweep"
+            status, rows = statuses.get(needed), ", ".join(f"{t}/{r}" for t, r in self.cells[needed].members)
+            if status in (PENDING, RUNNING):
+                return True, None
+            if status != DONE:
+                return False, f"dependency {needed} ({rows}) {status or 'is not in the store'}"
+            if not (self.run_dir(self.cells[needed]) / CHECKPOINT).is_file():
+                return False, f"dependency {needed} ({rows}) is done but its run folder has no {CHECKPOINT}"
+        return False, None
 
     def _run_cell(self, cell: Cell, worker: Worker, env: dict[str, str], run_dir: Path, log_path: Path) -> float:
         """Runs one claimed cell to an end state; returns the subprocess wall time."""

@@ -19,9 +19,10 @@ PACKAGE_REPO = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = {"name", "paper", "description", "seeds", "vars", "presets", "tables", "reference"}
 TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "notes", "presets"}
-ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand"}
+ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand", "evaluate"}
+EVALUATE_KEYS = {"of", "refine_with"}
 COLUMN_KEYS = {"name", "metric", "scale", "group", "decimals", "reference_column"}
-PRESET_KEYS = {"description", "overrides", "synthetic", "vars"}
+PRESET_KEYS = {"description", "overrides", "base_overrides", "synthetic", "vars"}
 SYNTHETIC_KEYS = {"train", "test", "seed", "str_test"}
 
 
@@ -45,11 +46,21 @@ class Column:
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """A row that tests another row's trained checkpoint (stisr-eval) instead of training: `of` and `refine_with`
+    are (table id, row name); the row's overrides change only the test (sampling steps, metrics)."""
+
+    of: tuple[str, str]
+    refine_with: tuple[str, str] | None = None  # a trained TextDiff row whose MRD refines the output (--refine-with)
+
+
+@dataclass(frozen=True)
 class Row:
     name: str
-    base: Path
+    base: Path | None  # None for an evaluation row until it is linked to the row it evaluates
     subcommand: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    evaluate: Evaluation | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +102,11 @@ class Preset:
     synthetic: Synthetic | None
     vars: dict[str, str]
     description: str = ""
+    base_overrides: dict[Path, dict[str, Any]] = field(default_factory=dict)  # base experiment -> its extra overrides
+
+    def overrides_for(self, base: Path) -> dict[str, Any]:
+        """The preset's overrides for cells of this base experiment (`overrides`, then its `base_overrides`)."""
+        return {**self.overrides, **self.base_overrides.get(base, {})}
 
 
 @dataclass
@@ -161,7 +177,58 @@ def _subcommand(where: str, value: Any) -> str:
     return value
 
 
-def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experiments: Path) -> list[Row]:
+def _row_reference(where: str, value: Any, key: str, table_id: str) -> tuple[str, str]:
+    """`TABLE/ROW`, or `ROW` of the same table (a row name may contain '/'; checked when the tables are linked)."""
+    if not isinstance(value, str) or not value:
+        raise _fail(where, f"evaluate.{key} must name a row: 'ROW' (this table) or 'TABLE/ROW'")
+    return (table_id, value)
+
+
+def _evaluation(where: str, entry: dict, table_id: str) -> Evaluation | None:
+    data = entry.get("evaluate")
+    if data is None:
+        return None
+    _check_keys(where, data, EVALUATE_KEYS, "evaluate")
+    if "of" not in data:
+        raise _fail(where, "evaluate needs `of`: the row whose trained checkpoint this row tests")
+    clash = sorted({"base", "subcommand"} & set(entry))
+    if clash:
+        raise _fail(where, f"an evaluate row takes `{clash[0]}` from the row it evaluates")
+    refine = data.get("refine_with")
+    return Evaluation(_row_reference(where, data["of"], "of", table_id),
+                      None if refine is None else _row_reference(where, refine, "refine_with", table_id))
+
+
+def _link_evaluations(where: str, tables: list[Table]) -> None:
+    """Resolves each evaluation row's references to (table id, row name) and takes its base from the evaluated row.
+    Only trained (`fit`) rows can be evaluated, and not other evaluation rows (one level of dependencies)."""
+    rows = {(table.id, row.name): row for table in tables for row in table.rows}
+
+    def target(here: str, table_id: str, reference: str, key: str) -> tuple[str, str]:
+        table_part, _, row_part = reference.partition("/")
+        candidates = [(table_id, reference)] + ([(table_part, row_part)] if row_part else [])
+        found = next((candidate for candidate in candidates if candidate in rows), None)
+        if found is None:
+            raise _fail(here, f"evaluate.{key}: no row {reference!r} (write 'ROW' for this table or 'TABLE/ROW')")
+        row = rows[found]
+        if row.evaluate is not None:
+            raise _fail(here, f"evaluate.{key}: {'/'.join(found)!r} is itself an evaluate row (evaluate its `of` row)")
+        if row.subcommand != "fit":
+            raise _fail(here, f"evaluate.{key}: {'/'.join(found)!r} is not trained (subcommand {row.subcommand}), so "
+                        "it leaves no checkpoint")
+        return found
+
+    for table in tables:
+        for position, row in enumerate(table.rows):
+            if row.evaluate is None:
+                continue
+            here = f"{where}: table {table.id}: row {row.name!r}"
+            of, refine = target(here, *row.evaluate.of, "of"), row.evaluate.refine_with
+            refine = refine and target(here, *refine, "refine_with")
+            table.rows[position] = Row(row.name, rows[of].base, "test", row.overrides, Evaluation(of, refine))
+
+
+def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experiments: Path, table_id: str) -> list[Row]:
     if not isinstance(entries, list) or not entries:
         raise _fail(where, "rows must be a non-empty list")
     rows: list[Row] = []
@@ -169,15 +236,16 @@ def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experime
         label = entry.get("name", f"#{position}") if isinstance(entry, dict) else f"#{position}"
         here = f"{where}: row {label!r}"
         _check_keys(here, entry, ROW_KEYS, "row")
+        evaluation = _evaluation(here, entry, table_id)
         row_base = _base(here, entry["base"], experiments) if "base" in entry else base
-        if row_base is None:
+        if row_base is None and evaluation is None:
             raise _fail(here, "no base experiment (set `base` on the table or the row)")
-        row_sub = _subcommand(here, entry.get("subcommand", subcommand))
+        row_sub = "test" if evaluation else _subcommand(here, entry.get("subcommand", subcommand))
         overrides = _overrides(here, entry.get("overrides"))
         if "grid" not in entry:
             if "name" not in entry or not isinstance(entry["name"], str):
                 raise _fail(here, "a row needs a `name` (or a `grid`)")
-            rows.append(Row(entry["name"], row_base, row_sub, overrides))
+            rows.append(Row(entry["name"], row_base, row_sub, overrides, evaluation))
             continue
         grid = entry["grid"]
         if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
@@ -190,7 +258,7 @@ def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experime
                 name = template.format(**short) if template else ", ".join(f"{k}={v}" for k, v in short.items())
             except (KeyError, IndexError) as error:
                 raise _fail(here, f"grid name template {template!r} uses unknown field {error}") from None
-            rows.append(Row(name, row_base, row_sub, {**overrides, **point}))
+            rows.append(Row(name, row_base, row_sub, {**overrides, **point}, evaluation))
     names = [row.name for row in rows]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -266,7 +334,18 @@ def read_reference_csv(path: Path, tables: list[Table]) -> None:
                 table.reference.setdefault((row, column), Reference(value, record.get("source") or path.name))
 
 
-def _presets(where: str, data: Any, default_vars: dict[str, str]) -> dict[str, Preset]:
+def _base_overrides(where: str, data: Any, experiments: Path | None) -> dict[Path, dict[str, Any]]:
+    if data is None:
+        return {}
+    if experiments is None:
+        raise _fail(where, "base_overrides is for sweep files with tables (a search has one base: use overrides)")
+    if not isinstance(data, dict):
+        raise _fail(where, "base_overrides must map base experiments (relative to experiments/) to overrides")
+    return {_base(where, base, experiments): _overrides(f"{where}: base_overrides {base!r}", entry)
+            for base, entry in data.items()}
+
+
+def _presets(where: str, data: Any, default_vars: dict[str, str], experiments: Path | None = None) -> dict[str, Preset]:
     if not isinstance(data, dict) or not data:
         raise _fail(where, "presets must map preset names (tiny, small, full) to settings")
     presets = {}
@@ -281,7 +360,8 @@ def _presets(where: str, data: Any, default_vars: dict[str, str]) -> dict[str, P
             synthetic = Synthetic(**synthetic)
         variables = {**default_vars, **_string_map(here, entry.get("vars"), "vars")}
         overrides = _overrides(here, entry.get("overrides"))
-        presets[name] = Preset(name, overrides, synthetic, variables, entry.get("description", ""))
+        presets[name] = Preset(name, overrides, synthetic, variables, entry.get("description", ""),
+                               _base_overrides(here, entry.get("base_overrides"), experiments))
     return presets
 
 
@@ -326,7 +406,7 @@ def load_spec(spec: str | Path) -> SweepSpec:
     root = sweeps_root(path)
     experiments = root.parent / "experiments"
     default_vars = _string_map(where, data.get("vars"), "vars")
-    presets = _presets(where, data["presets"], default_vars)
+    presets = _presets(where, data["presets"], default_vars, experiments)
     if not isinstance(data["tables"], list) or not data["tables"]:
         raise _fail(where, "tables must be a non-empty list")
     tables: list[Table] = []
@@ -341,7 +421,7 @@ def load_spec(spec: str | Path) -> SweepSpec:
         table = Table(
             id=str(entry["id"]),
             title=str(entry.get("title", entry["id"])),
-            rows=_rows(here, entry["rows"], base, subcommand, experiments),
+            rows=_rows(here, entry["rows"], base, subcommand, experiments, str(entry["id"])),
             columns=_columns(here, entry["columns"]),
             notes=str(entry.get("notes", "")),
             presets=_table_presets(here, entry.get("presets"), presets),
@@ -358,6 +438,7 @@ def load_spec(spec: str | Path) -> SweepSpec:
     ids = [table.id for table in tables]
     if len(set(ids)) != len(ids):
         raise _fail(where, f"duplicate table id {next(i for i in ids if ids.count(i) > 1)!r}")
+    _link_evaluations(where, tables)
     reference = data.get("reference", f"references/{data['paper']}.csv")
     if not isinstance(reference, str):
         raise _fail(where, "reference must be a CSV path relative to sweeps/ (table,row,column,value,source)")

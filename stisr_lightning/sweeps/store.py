@@ -135,6 +135,15 @@ class CellStore:
             found = set(connection.scalars(select(cells_table.c.cell_id).where(cells_table.c.status == PENDING)))
         return [cell_id for cell_id in wanted if cell_id in found]
 
+    def statuses(self, cell_ids: Iterable[str]) -> dict[str, str]:
+        wanted = list(cell_ids)
+        if not wanted:
+            return {}
+        with self.engine.begin() as connection:
+            rows = connection.execute(select(cells_table.c.cell_id, cells_table.c.status)
+                                      .where(cells_table.c.cell_id.in_(wanted))).all()
+        return dict(rows)
+
     def claim(self, cell_id: str, worker: Worker, run_dir: str, log_path: str) -> bool:
         now = time.time()
         with self.engine.begin() as connection:

@@ -188,9 +188,10 @@ def wandb_sweep_configs(spec: SweepSpec, preset: str, expansion: Expansion, logg
                         repo: Path) -> list[dict[str, Any]]:
     """One W&B sweep config per (subcommand, base experiment) of the cells: program stisr-train, method grid over
     the cells' dotted overrides and seeds. Keys a cell leaves at the base's value get that value, so every grid point
-    resolves to one of our cells. Logging is switched back on (W&B agents need the WandbLogger)."""
+    resolves to one of our cells. Logging is switched back on (W&B agents need the WandbLogger). Evaluation cells
+    are left out: they test checkpoints that only the engine's run folders hold."""
     groups: dict[tuple[str, Path], list[Cell]] = {}
-    for cell in expansion.cells.values():
+    for cell in (cell for cell in expansion.cells.values() if not cell.evaluates):
         groups.setdefault((cell.subcommand, cell.base), []).append(cell)
     configs = []
     for (subcommand, base), cells in groups.items():
