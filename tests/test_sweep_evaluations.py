@@ -312,21 +312,3 @@ def test_sweep_evaluation_tests_the_trained_checkpoint_with_stisr_eval(tiny_text
     assert evaluated.results["metrics"][psnr] == pytest.approx(trained.results["metrics"][psnr], abs=1e-4)
     assert evaluated.results["config"]["data"]["eval_batch_size"] == 2
     assert (tmp_path / "out" / "cells" / trained.cell_id / CHECKPOINT).is_file()
-
-
-def test_seconds_per_image_column_comes_from_the_test_throughput(tmp_path):
-    from stisr_lightning.sweeps.expand import Expansion
-    from stisr_lightning.sweeps.spec import Column, Preset, Row, SweepSpec, Table
-    from stisr_lightning.sweeps.store import CellRecord
-    from stisr_lightning.sweeps.tables import build_table
-
-    table = Table("T5", "steps", [Row("TextDiff-5", None, "fit"), Row("TextDiff-200", None, "test")],
-                  [Column("s/image", "test/seconds_per_image", group="time")])
-    preset = Preset("tiny", {}, None, {})
-    spec = SweepSpec(tmp_path / "s.yaml", "demo", "textdiff", [0], {"tiny": preset}, [table])
-    expansion = Expansion({}, {("T5", "TextDiff-5"): ["a-s0"], ("T5", "TextDiff-200"): ["b-s0"]}, [table], None)
-    records = {cell_id: CellRecord(cell_id, DONE, 0, {"metrics": {}, "throughput_images_per_s": {"test": rate}},
-                                   None, None, 1.0, 0.0, 1) for cell_id, rate in (("a-s0", 4.0), ("b-s0", None))}
-    frame = build_table(spec, preset, table, expansion, records)
-    assert frame[("time", "s/image", "ours")].iloc[0] == pytest.approx(0.25)
-    assert frame[("time", "s/image", "ours")].isna().iloc[1]  # no throughput recorded: no number

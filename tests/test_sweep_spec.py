@@ -123,7 +123,7 @@ def test_textdiff_tables_train_textdiff_once_and_evaluate_it(expansions):
     assert {cell.overrides.get(unet) for cell in cells.values() if cell.base.name == "textdiff.yaml"} == {16}
     assert all(unet not in cell.overrides for cell in cells.values() if cell.base.name != "textdiff.yaml")
     assert all(unet not in cell.overrides for cell in expansions(path, "small").cells.values())
-    assert spec.metric(spec.tables[4].columns[-1], spec.presets["tiny"]) == "test/seconds_per_image"
+    assert spec.metric(spec.tables[4].columns[-1], spec.presets["tiny"]) == "test/synthetic/average/seconds_per_image"
 
 
 def test_identical_cells_are_deduplicated_across_tables(sweep_dir, resolver, tmp_path):

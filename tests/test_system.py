@@ -48,6 +48,29 @@ def test_test_loop_matches_hand_computed_accuracy_and_psnr(tiny_textzoom):
     assert len(system.test_samples["tiny/easy"]["label"]) == 6
 
 
+def test_seconds_per_image_times_super_resolution_alone(tiny_textzoom, monkeypatch):
+    """A fake clock that only the generator (1 s per batch) and the recognizer (100 s per batch) advance."""
+    clock = {"now": 0.0}
+    monkeypatch.setattr("stisr_lightning.systems.base.perf_counter", lambda: clock["now"])
+
+    class OneSecondBicubic(Bicubic):
+        def forward(self, lr):
+            clock["now"] += 1.0
+            return super().forward(lr)
+
+    class SlowReader(BrightnessRecognizer):
+        def read(self, images):
+            clock["now"] += 100.0
+            return super().read(images)
+
+    system = STISRSystem(OneSecondBicubic(), recognizers={"brightness": SlowReader()})
+    quiet_trainer().test(system, datamodule=datamodule(tiny_textzoom))  # batches of 3: easy 3 + 3, medium 3 + 1
+    results = system.test_results
+    assert results["test/tiny/easy/seconds_per_image"] == pytest.approx(2 / 6)
+    assert results["test/tiny/medium/seconds_per_image"] == pytest.approx(2 / 4)
+    assert results["test/tiny/average/seconds_per_image"] == pytest.approx(4 / 10)
+
+
 def test_training_reduces_loss_and_frozen_recognizers_stay_out_of_checkpoints(tiny_textzoom, tmp_path):
     torch.manual_seed(0)
     loss = LossMix({"mse": PixelMSE()})

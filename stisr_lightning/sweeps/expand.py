@@ -23,7 +23,6 @@ from stisr_lightning.sweeps.spec import Preset, Row, SweepSpec, SweepSpecError, 
 SYNTHETIC_SUBSETS = ("easy", "medium", "hard", "str_synth")
 TRAIN_MODULE, EVALUATE_MODULE = "stisr_lightning.cli.train", "stisr_lightning.cli.evaluate"
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a trained cell's run folder (stisr-train's ModelCheckpoint)
-SECONDS_PER_IMAGE = "test/seconds_per_image"  # derived from results.json's test throughput (tables.metric_values)
 OUT_PLACEHOLDER = "$OUT"
 UNHASHED_KEYS = ("config", "seed_everything", "__path__")  # seed is the cell's second coordinate
 ERROR_HINTS = ("not accepted", "unrecognized", "not a valid", "expected a", "does not exist", "not found", "invalid")
@@ -142,7 +141,7 @@ def producible_metrics(config: dict[str, Any]) -> re.Pattern | None:
     names = test_sets + [f"{dataset}/average" for dataset in datasets]
     sets = "|".join(re.escape(name) for name in names)
     readers = "|".join(re.escape(name) for name in recognizers) or "(?!)"
-    return re.compile(rf"test/({sets})/(({readers})/(acc|ned)|[a-z_]+)|{re.escape(SECONDS_PER_IMAGE)}")
+    return re.compile(rf"test/({sets})/(({readers})/(acc|ned)|[a-z_]+)")
 
 
 class Expander:

@@ -10,20 +10,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stisr_lightning.sweeps.expand import SECONDS_PER_IMAGE, Expansion
+from stisr_lightning.sweeps.expand import Expansion
 from stisr_lightning.sweeps.spec import Column, Preset, SweepSpec, Table
 from stisr_lightning.sweeps.store import DONE, CellRecord
 
 OURS, STD, PAPER, DIFF = "ours", "std", "paper", "diff"
 MISSING = "-"
 LEGEND = "cell: ours [± std over seeds] / paper (ours - paper)"
-
-
-def metric_values(results: dict) -> dict[str, float | None]:
-    """results.json's metrics, plus SECONDS_PER_IMAGE: the test phase's wall time per test image (SR, the
-    recognizers and the image metrics), from its `throughput_images_per_s`."""
-    throughput = (results.get("throughput_images_per_s") or {}).get("test")
-    return {**(results.get("metrics") or {}), SECONDS_PER_IMAGE: 1.0 / throughput if throughput else None}
 
 
 def _column_key(column: Column, stat: str) -> tuple[str, ...]:
@@ -46,7 +39,7 @@ def build_table(spec: SweepSpec, preset: Preset, table: Table, expansion: Expans
             for cell_id in expansion.by_row[(table.id, row)]:
                 record = records.get(cell_id)
                 if record is not None and record.status == DONE and record.results:
-                    value = metric_values(record.results).get(metric)
+                    value = record.results.get("metrics", {}).get(metric)
                     if value is not None:
                         values.append(float(value) * column.scale)
             means.append(float(np.mean(values)) if values else math.nan)

@@ -7,6 +7,7 @@ Papers subclass it and override only the hook that differs:
 
 from __future__ import annotations
 
+from time import perf_counter
 from typing import Any
 
 import torch
@@ -179,7 +180,7 @@ class STISRSystem(LightningModule):
         if not self.test_set_names:
             raise ValueError("the data module defines no test sets (data.test_sets is empty)")
         for name in self.test_set_names:
-            per_set = {"image": self._image_metrics(), "count": SumMetric()}
+            per_set = {"image": self._image_metrics(), "count": SumMetric(), "sr_seconds": SumMetric()}
             # Built at test time only, so their networks never enter training checkpoints.
             if self.lpips_net:
                 per_set["image"].add_metrics({"lpips": LPIPS(net=self.lpips_net)})
@@ -193,7 +194,8 @@ class STISRSystem(LightningModule):
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         name = self.test_set_names[dataloader_idx]
         metrics = self.test_metrics[_slot(name)]
-        sr = self.super_resolve(batch["lr"], batch)
+        sr, seconds = self._timed_super_resolve(batch)
+        metrics["sr_seconds"].update(torch.tensor(seconds, device=self.device))
         metrics["image"].update(sr, batch["hr"])
         metrics["count"].update(torch.tensor(float(len(batch["label"])), device=self.device))
         if "fid_text" in metrics:
@@ -206,6 +208,16 @@ class STISRSystem(LightningModule):
             metrics[f"{recognizer_name}__acc"].update(readings[recognizer_name], batch["label"])
             metrics[f"{recognizer_name}__ned"].update(readings[recognizer_name], batch["label"])
         self._keep_samples(name, batch, rgb, readings)
+
+    def _timed_super_resolve(self, batch: dict[str, Any]) -> tuple[Tensor, float]:
+        """SR and its wall time alone (recognizers and metrics excluded): what TextDiff's Table 5 reports. The GPU is
+        synchronized around it, once per test batch."""
+        synchronize = torch.cuda.synchronize if self.device.type == "cuda" else (lambda: None)
+        synchronize()
+        start = perf_counter()
+        sr = self.super_resolve(batch["lr"], batch)
+        synchronize()
+        return sr, perf_counter() - start
 
     def _keep_samples(self, name: str, batch: dict[str, Any], rgb: Tensor, readings: dict[str, list[str]]) -> None:
         kept = self.test_samples.setdefault(name, {"lr": [], "sr": [], "hr": [], "label": [], "readings": []})
@@ -225,6 +237,7 @@ class STISRSystem(LightningModule):
             metrics = self.test_metrics[_slot(name)]
             sizes[name] = int(metrics["count"].compute().item())
             values = {metric: float(value) for metric, value in metrics["image"].compute().items()}
+            values["seconds_per_image"] = float(metrics["sr_seconds"].compute()) / max(1, sizes[name])
             if "fid_text" in metrics:
                 values["fid_text"] = float(metrics["fid_text"].compute())
             for recognizer in self.recognizers:
