@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,9 @@ def _strip(value: Any) -> Any:
 
 
 class ConfigResolver:
-    """stisr-train's parser, built once; `resolve` returns the full config (defaults filled in) as a dict."""
+    """stisr-train's parser, built once; `resolve` returns the full config (defaults filled in) as a dict.
+
+    jsonargparse parsers keep per-parse state, so concurrent resolves (a search's worker threads) take turns."""
 
     def __init__(self) -> None:
         from stisr_lightning.cli.train import STISRCLI
@@ -116,10 +119,12 @@ class ConfigResolver:
         parsers = [self.parser, *self.parser._subcommands_action._name_parser_map.values()]
         for parser in parsers:
             parser.exit_on_error = False
+        self.parsing = threading.Lock()
 
     def resolve(self, subcommand: str, base: Path, overrides: dict[str, Any]) -> dict[str, Any]:
         flags = [f"--{key}={format_value(value)}" for key, value in overrides.items()]
-        config = self.parser.parse_args([subcommand, "--config", str(base), *flags])
+        with self.parsing:
+            config = self.parser.parse_args([subcommand, "--config", str(base), *flags])
         resolved = config[subcommand].as_dict()
         resolved.get("trainer", {}).pop("default_root_dir", None)
         return _strip(resolved)
