@@ -1,4 +1,5 @@
 import os
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -6,6 +7,7 @@ from PIL import Image
 from stisr_lightning.data.textzoom import write_textzoom_lmdb
 
 os.environ["WANDB_MODE"] = "disabled"
+REPO = Path(__file__).resolve().parents[1]
 
 LR_GRAY, HR_GRAY = 204, 230
 """Uniform images: bicubic keeps a constant image constant, so SR = 204/255 and PSNR = 20 log10(255 / 26)."""
@@ -29,3 +31,19 @@ def tiny_textzoom(tmp_path_factory):
     write_textzoom_lmdb(root / "test" / "easy", uniform_pairs(["a"] * 4 + ["b"] * 2, []))
     write_textzoom_lmdb(root / "test" / "medium", uniform_pairs([], ["b"] * 3 + ["a"]))
     return root
+
+
+@pytest.fixture(scope="session")
+def resolver():
+    """stisr-train's parser, built once for every sweep test."""
+    from stisr_lightning.sweeps.expand import ConfigResolver
+
+    return ConfigResolver()
+
+
+@pytest.fixture
+def sweep_dir(tmp_path):
+    """A throwaway repo layout: sweeps/ beside a link to the real experiments/."""
+    (tmp_path / "sweeps").mkdir()
+    (tmp_path / "experiments").symlink_to(REPO / "experiments")
+    return tmp_path / "sweeps"

@@ -23,20 +23,6 @@ METRIC = "test/synthetic/easy/easyocr/acc"
 COLUMNS = [{"name": "Easy", "metric": METRIC}]
 
 
-@pytest.fixture(scope="module")
-def resolver():
-    from stisr_lightning.sweeps.expand import ConfigResolver
-
-    return ConfigResolver()
-
-
-@pytest.fixture
-def sweep_dir(tmp_path):
-    (tmp_path / "sweeps").mkdir()
-    (tmp_path / "experiments").symlink_to(REPO / "experiments")
-    return tmp_path / "sweeps"
-
-
 def write_spec(sweep_dir, tables, seeds=(0,), base_overrides=None, name="t.yaml"):
     tiny = {"overrides": {"trainer.max_steps": 2, "keep_checkpoints": False}}
     if base_overrides:

@@ -8,7 +8,6 @@ import optuna
 import pytest
 import yaml
 
-from stisr_lightning.sweeps.expand import ConfigResolver
 from stisr_lightning.sweeps.search import (
     PRUNED_ATTR,
     SearchRunner,
@@ -49,11 +48,6 @@ for step in (1, 2):
     callback.on_validation_end(trainer, None)  # raises optuna.TrialPruned: the process exits non-zero
 (run_dir / "results.json").write_text(json.dumps({"metrics": {"%s": lr}}))
 """ % METRIC
-
-
-@pytest.fixture(scope="module")
-def resolver():
-    return ConfigResolver()
 
 
 def write_spec(tmp_path: Path, search: dict, name: str = "s") -> Path:

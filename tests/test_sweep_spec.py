@@ -12,21 +12,6 @@ REPO = Path(__file__).resolve().parents[1]
 SWEEP_FILES = sorted(p for p in (REPO / "sweeps").rglob("*.yaml") if "search" not in p.relative_to(REPO / "sweeps").parts)
 
 
-@pytest.fixture(scope="module")
-def resolver():
-    from stisr_lightning.sweeps.expand import ConfigResolver
-
-    return ConfigResolver()
-
-
-@pytest.fixture
-def sweep_dir(tmp_path):
-    """A throwaway repo layout: sweeps/ beside a link to the real experiments/."""
-    (tmp_path / "sweeps").mkdir()
-    (tmp_path / "experiments").symlink_to(REPO / "experiments")
-    return tmp_path / "sweeps"
-
-
 def minimal(**changes):
     spec = {
         "name": "t",

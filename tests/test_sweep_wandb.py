@@ -6,7 +6,7 @@ import pytest
 import wandb
 import yaml
 
-from stisr_lightning.sweeps.expand import Cell, ConfigResolver, Expander, Expansion, config_hash
+from stisr_lightning.sweeps.expand import Cell, Expander, Expansion, config_hash
 from stisr_lightning.sweeps.expand import _strip as strip_unhashed
 from stisr_lightning.sweeps.spec import Column, Preset, Reference, Row, SweepSpec, SweepSpecError, Table, load_spec
 from stisr_lightning.sweeps.store import CellStore, Worker
@@ -22,11 +22,6 @@ from stisr_lightning.sweeps.wandb_io import (
 REPO = Path(__file__).resolve().parents[1]
 METRIC = "test/synthetic/easy/ppocr/acc"
 GENERATOR = "model.init_args.generator.init_args"
-
-
-@pytest.fixture(scope="module")
-def resolver():
-    return ConfigResolver()
 
 
 def demo_spec(tmp_path):
