@@ -111,8 +111,10 @@ def test_ddp_evaluation_equals_single_process(tiny_textzoom, tmp_path):
         records[name] = json.loads((tmp_path / name / "results.json").read_text())
     assert records["ddp"]["world_size"] == 2
     assert records["ddp"]["test_set_sizes"] == records["single"]["test_set_sizes"]
+    assert records["ddp"]["metrics"].keys() == records["single"]["metrics"].keys()
     for key, value in records["single"]["metrics"].items():
-        assert records["ddp"]["metrics"][key] == pytest.approx(value, abs=1e-6), key
+        if not key.endswith("/seconds_per_image"):  # a wall-clock time, not a function of the data
+            assert records["ddp"]["metrics"][key] == pytest.approx(value, abs=1e-6), key
 
 
 DDP_TRAINING_PSNR_TOLERANCE_DB = 0.5
