@@ -69,12 +69,15 @@ pretrain() {  # pretrain NAME RECIPE: a recognizer, saved as $RUNS/NAME/<weights
 [ -f "$DATA/test/hard/data.mdb" ] || $BIN/stisr-data make-synthetic --out "$DATA" --train "$TRAIN" --test "$TEST" \
   --workers "$(nproc)"
 
-run bicubic "$BIN/stisr-eval" --config experiments/bicubic.yaml "${data_args[@]}" "--model.init_args.recognizers={$evaluators}" &
 train tsrn experiments/tsrn.yaml "$TSRN_MIN" --trainer.max_steps=100000 &
-pretrain crnn crnn_synth &
-pretrain abinet abinet_synth &
-pretrain stt stt_synth &
-wait -n; wait -n; wait -n; wait -n  # bicubic and the three recognizers; TSRN goes on
+first_phase=()
+run bicubic "$BIN/stisr-eval" --config experiments/bicubic.yaml "${data_args[@]}" "--model.init_args.recognizers={$evaluators}" &
+first_phase+=($!)
+for recipe in crnn abinet stt; do
+  pretrain "$recipe" "${recipe}_synth" &
+  first_phase+=($!)
+done
+wait "${first_phase[@]}"  # bicubic and the three recognizers; TSRN goes on
 
 train lemma experiments/lemma.yaml "$MAIN_MIN" --trainer.max_steps=100000 \
   "--model.init_args.val_recognizer=${evaluator_names[0]}" \
@@ -95,7 +98,7 @@ wait
 
 echo
 echo "Budget comparison on synthetic easy / medium / hard (accuracy %, PSNR dB, SSIM); steps reached:"
-for name in tsrn lemma textdiff crnn abinet stt; do
+for name in tsrn lemma textdiff; do
   python3 -c "import json,sys; r=json.load(open(sys.argv[1])); print(sys.argv[2], 'step', r.get('global_step'))" \
     "$RUNS/$name/results.json" "$name" 2>/dev/null || echo "$name: no results.json"
 done
