@@ -298,3 +298,21 @@ def test_sweep_evaluation_tests_the_trained_checkpoint_with_stisr_eval(tiny_text
     assert evaluated.results["metrics"][psnr] == pytest.approx(trained.results["metrics"][psnr], abs=1e-4)
     assert evaluated.results["config"]["data"]["eval_batch_size"] == 2
     assert (tmp_path / "out" / "cells" / trained.cell_id / CHECKPOINT).is_file()
+
+
+def test_failure_summary_names_a_log_only_when_the_cell_wrote_one(tmp_path, capsys):
+    from stisr_lightning.sweeps.expand import Expansion
+    from stisr_lightning.sweeps.main import summarize
+    from stisr_lightning.sweeps.store import CellRecord
+
+    (tmp_path / "ran.log").write_text("Traceback ...\n")
+    cells = {cell_id: Cell(cell_id, cell_id[:1], 0, "fit", Path("x.yaml"), {}, [("T1", cell_id)])
+             for cell_id in ("ran-s0", "skipped-s0")}
+    records = {"ran-s0": CellRecord("ran-s0", FAILED, 0, None, str(tmp_path / "ran.log"), "exit 1", 1.0, 0.0, 1),
+               "skipped-s0": CellRecord("skipped-s0", FAILED, 0, None, str(tmp_path / "never.log"),
+                                        "dependency ran-s0 (T1/ran) failed", 0.0, 0.0, 1)}
+    assert summarize(Expansion(cells, {}, [], None), records, 0.0, None) == 1
+    printed = capsys.readouterr().out
+    assert f"failed ran-s0 [T1/ran-s0]: exit 1\n  log: {tmp_path / 'ran.log'}" in printed
+    assert "failed skipped-s0 [T1/skipped-s0]: dependency ran-s0 (T1/ran) failed\n" in printed
+    assert "never.log" not in printed

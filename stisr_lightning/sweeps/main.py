@@ -138,7 +138,8 @@ def summarize(expansion: Expansion, records: dict, expand_s: float, runner: Swee
     for cell_id, record in records.items():
         if record.status == FAILED:
             members = ", ".join(f"{t}/{r}" for t, r in expansion.cells[cell_id].members)
-            print(f"failed {cell_id} [{members}]: {record.error}\n  log: {record.log_path}")
+            log = f"\n  log: {record.log_path}" if record.log_path and Path(record.log_path).is_file() else ""
+            print(f"failed {cell_id} [{members}]: {record.error}{log}")
     if runner and runner.summary.interrupted:
         return 130
     return 1 if count.get(FAILED) else 0
