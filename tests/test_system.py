@@ -143,3 +143,23 @@ def test_generator_group_lrs_put_named_submodules_in_their_own_group():
     assert sum(len(g["params"]) for g in groups) == len(list(generator.parameters()))
     with pytest.raises(ValueError, match="no submodule 'prior'"):
         STISRSystem(generator, generator_group_lrs={"prior": 1e-4})
+
+
+def test_compile_modules_trains_compiled_and_keeps_checkpoint_keys(tiny_textzoom, tmp_path):
+    torch.manual_seed(0)
+    system = STISRSystem(SRCNN(in_channels=4), loss=LossMix({"mse": PixelMSE()}), compile_modules=["generator"])
+    keys = list(system.state_dict())
+    trainer = quiet_trainer(max_steps=2, limit_val_batches=0, default_root_dir=tmp_path)
+    trainer.fit(system, datamodule=datamodule(tiny_textzoom))
+    assert system.generator._compiled_call_impl is not None
+    assert list(system.state_dict()) == keys
+    eager = SRCNN(in_channels=4)
+    eager.load_state_dict(system.generator.state_dict())
+    lr = torch.rand(2, 4, 16, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(system.generator(lr), eager(lr), atol=1e-5, rtol=1e-4)
+
+
+def test_unknown_compile_modules_are_rejected():
+    with pytest.raises(ValueError, match="has no submodule 'generatr'"):
+        STISRSystem(SRCNN(in_channels=4), compile_modules=["generatr"])

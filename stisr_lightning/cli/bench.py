@@ -4,7 +4,8 @@
     stisr-bench synth --count 2000 --workers 2
     stisr-bench recognize --recognizers ppocr easyocr tesseract
     stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --bf16 --channels-last]
-    stisr-bench sample --steps 5 200 --batch-size 16 [--device cuda]
+        [--compile generator loss.terms.text_focus.recognizer --compile-mode reduce-overhead]
+    stisr-bench sample --steps 5 200 --batch-size 16 [--device cuda] [--compile-mode reduce-overhead]
 
 Numbers are measured after a warm-up and averaged over the measured part only.
 """
@@ -24,6 +25,7 @@ import torch
 import yaml
 
 MEASURE_SECONDS = 5.0
+COMPILE_MODES = ["default", "reduce-overhead", "max-autotune"]
 
 
 def machine() -> str:
@@ -127,9 +129,22 @@ def _timed(step: Callable[[], object], device: str, repeats: int = 3) -> float:
     return (time.perf_counter() - start) / repeats
 
 
-def bench_train(experiments: list[str], batch_size: int, device: str, bf16: bool, channels_last: bool) -> list[dict]:
+COMPILED_WARMUP_STEPS = 5
+"""Compilation and CUDA-graph recording happen in the first calls; they are not throughput."""
+
+
+def bench_train(
+    experiments: list[str],
+    batch_size: int,
+    device: str,
+    bf16: bool,
+    channels_last: bool,
+    compile_modules: list[str] | None = None,
+    compile_mode: str = "default",
+) -> list[dict]:
     """Training throughput of each experiment's system as configured (its generator, loss mix and optimizer), and for
-    systems with a text prior or a recognizer-driven loss, the step share of those parts (timed on their own)."""
+    systems with a text prior or a recognizer-driven loss, the step share of those parts (timed on their own).
+    `compile_modules` are compiled through the system's own `compile_modules` option."""
     from stisr_lightning.weights import build_system
 
     memory_format = torch.channels_last if channels_last else torch.preserve_format
@@ -139,7 +154,11 @@ def bench_train(experiments: list[str], batch_size: int, device: str, bf16: bool
         if not config.is_file():
             raise SystemExit(f"stisr-bench: no experiment {config}")
         # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine).
-        system = build_system(config, {"recognizers": {}, "val_recognizer": None}).to(device).train()
+        init_args = {"recognizers": {}, "val_recognizer": None}
+        if compile_modules:
+            init_args.update(compile_modules=compile_modules, compile_mode=compile_mode)
+        system = build_system(config, init_args).to(device).train()
+        system.configure_model()
         if system.loss is None:
             raise SystemExit(f"stisr-bench: {config} has no loss; it cannot be trained")
         system.to(memory_format=memory_format)
@@ -162,8 +181,12 @@ def bench_train(experiments: list[str], batch_size: int, device: str, bf16: bool
             optimizer.step()
             return batch_size
 
-        label = f"train {name} (batch {batch_size}{', bf16' if bf16 else ''}{', channels_last' if channels_last else ''})"
-        row = {"what": label, "workers": 1, "rate": rate(step), "unit": "images/s"}
+        options = [f"batch {batch_size}"] + ["bf16"] * bf16 + ["channels_last"] * channels_last
+        if compile_modules:
+            options.append(f"compiled {'+'.join(compile_modules)} ({compile_mode})")
+        label = f"train {name} ({', '.join(options)})"
+        warmup = COMPILED_WARMUP_STEPS if compile_modules else 2
+        row = {"what": label, "workers": 1, "rate": rate(step, warmup=warmup), "unit": "images/s"}
         step_seconds = batch_size / row["rate"]
         shares = []
         prior = getattr(system.generator, "position_prior", None)
@@ -192,17 +215,21 @@ def bench_train(experiments: list[str], batch_size: int, device: str, bf16: bool
     return rows
 
 
-def bench_sample(steps: list[int], batch_size: int, device: str, repeats: int) -> list[dict]:
+def bench_sample(steps: list[int], batch_size: int, device: str, repeats: int, compile_mode: str | None) -> list[dict]:
     """TextDiff inference (TEM + MRD sampling) at the paper's size, randomly initialized: the cost does not depend on
-    the weights, and no trained TextDiff ships with the suite."""
+    the weights, and no trained TextDiff ships with the suite. With `compile_mode`, the MRD U-Net (called once per
+    sampling step) is compiled."""
     from stisr_lightning.models.generators.textdiff import TextDiff
 
     model = TextDiff().to(device).eval()
+    if compile_mode:
+        model.denoiser.compile(mode=compile_mode)
     lr = torch.rand(batch_size, 3, 16, 64, device=device)
     generator = torch.Generator(device).manual_seed(0)
     rows = []
     with torch.inference_mode():
-        model.refine(*model.coarse(lr), num_inference_steps=1, generator=generator)  # warm-up
+        for _ in range(COMPILED_WARMUP_STEPS if compile_mode else 1):  # warm-up
+            model.refine(*model.coarse(lr), num_inference_steps=1, generator=generator)
         for count in steps:
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
@@ -212,7 +239,8 @@ def bench_sample(steps: list[int], batch_size: int, device: str, repeats: int) -
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / repeats
-            rows.append({"what": f"TextDiff-{count} sampling, random init (batch {batch_size}, 3x16x64 -> 3x32x128)",
+            compiled = f", MRD compiled ({compile_mode})" if compile_mode else ""
+            rows.append({"what": f"TextDiff-{count} sampling, random init (batch {batch_size}{compiled}, 3x16x64 -> 3x32x128)",
                          "workers": 1, "rate": batch_size / seconds, "unit": "images/s",
                          "s/image": f"{seconds / batch_size:.4g}"})
     return rows
@@ -239,11 +267,15 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--bf16", action="store_true")
     train.add_argument("--channels-last", action="store_true")
+    train.add_argument("--compile", nargs="+", metavar="MODULE", default=None,
+                       help="system submodules to torch.compile (generator, loss.terms.text_focus.recognizer, ...)")
+    train.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     sampling = commands.add_parser("sample", help="TextDiff inference speed per number of sampling steps")
     sampling.add_argument("--steps", type=int, nargs="+", default=[5, 200])
     sampling.add_argument("--batch-size", type=int, default=16)
     sampling.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sampling.add_argument("--repeats", type=int, default=1, help="timed calls per step count (after a 1-step warm-up)")
+    sampling.add_argument("--compile-mode", default=None, choices=COMPILE_MODES, help="torch.compile the MRD U-Net")
     args = parser.parse_args(argv)
 
     if args.command == "read":
@@ -253,9 +285,10 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "recognize":
         rows = bench_recognize(args.recognizers, args.batch_size)
     elif args.command == "sample":
-        rows = bench_sample(args.steps, args.batch_size, args.device, args.repeats)
+        rows = bench_sample(args.steps, args.batch_size, args.device, args.repeats, args.compile_mode)
     else:
-        rows = bench_train(args.experiments, args.batch_size, args.device, args.bf16, args.channels_last)
+        rows = bench_train(args.experiments, args.batch_size, args.device, args.bf16, args.channels_last,
+                           args.compile, args.compile_mode)
     print(f"machine: {machine()}")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))
 

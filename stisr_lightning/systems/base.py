@@ -53,6 +53,8 @@ class STISRSystem(LightningModule):
         lpips_net: str | None = None,
         fid_recognizer: str | None = None,
         sample_count: int = 8,
+        compile_modules: list[str] | None = None,
+        compile_mode: str = "default",
     ):
         """
         Args:
@@ -72,6 +74,10 @@ class STISRSystem(LightningModule):
             fid_recognizer: also report `fid_text`, the Frechet distance between SR and HR in this (differentiable)
                 recognizer's feature space; not comparable to Inception FID.
             sample_count: images per test set kept for the LR | SR | HR sample table.
+            compile_modules: submodules to `torch.compile` in place (e.g. `generator`,
+                `loss.terms.text_focus.recognizer`); state-dict keys and checkpoints are unchanged. Small STISR
+                networks are bound by kernel launches on a GPU, which compilation (and CUDA graphs) attacks.
+            compile_mode: `torch.compile` mode: default, reduce-overhead (CUDA graphs), max-autotune.
         """
         super().__init__()
         self.generator = generator
@@ -103,6 +109,13 @@ class STISRSystem(LightningModule):
         self.lpips_net = lpips_net
         self.fid_recognizer = fid_recognizer
         self.sample_count = sample_count
+        for name in compile_modules or []:
+            try:
+                self.get_submodule(name)
+            except AttributeError:
+                raise ValueError(f"compile_modules: {type(self).__name__} has no submodule {name!r}") from None
+        self.compile_modules, self.compile_mode = list(compile_modules or []), compile_mode
+        self._compiled = False
         self.val_metrics = self._image_metrics()
         self.val_accuracy = WordAccuracy()
         self.test_metrics = nn.ModuleDict()
@@ -125,6 +138,14 @@ class STISRSystem(LightningModule):
 
     def forward(self, lr: Tensor) -> Tensor:
         return self.super_resolve(lr)
+
+    def configure_model(self) -> None:
+        """Compiles `compile_modules` once, in place, before any stage runs (Lightning calls this hook)."""
+        if self._compiled:
+            return
+        for name in self.compile_modules:
+            self.get_submodule(name).compile(mode=self.compile_mode)
+        self._compiled = True
 
     # ----------------------------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
