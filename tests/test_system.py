@@ -145,9 +145,9 @@ def test_generator_group_lrs_put_named_submodules_in_their_own_group():
         STISRSystem(generator, generator_group_lrs={"prior": 1e-4})
 
 
-def test_compile_modules_trains_compiled_and_keeps_checkpoint_keys(tiny_textzoom, tmp_path):
+def test_compile_targets_train_compiled_and_keep_checkpoint_keys(tiny_textzoom, tmp_path):
     torch.manual_seed(0)
-    system = STISRSystem(SRCNN(in_channels=4), loss=LossMix({"mse": PixelMSE()}), compile_modules=["generator"])
+    system = STISRSystem(SRCNN(in_channels=4), loss=LossMix({"mse": PixelMSE()}), compile_targets=["generator"])
     keys = list(system.state_dict())
     trainer = quiet_trainer(max_steps=2, limit_val_batches=0, default_root_dir=tmp_path)
     trainer.fit(system, datamodule=datamodule(tiny_textzoom))
@@ -160,6 +160,10 @@ def test_compile_modules_trains_compiled_and_keeps_checkpoint_keys(tiny_textzoom
         torch.testing.assert_close(system.generator(lr), eager(lr), atol=1e-5, rtol=1e-4)
 
 
-def test_unknown_compile_modules_are_rejected():
-    with pytest.raises(ValueError, match="has no submodule 'generatr'"):
-        STISRSystem(SRCNN(in_channels=4), compile_modules=["generatr"])
+def test_compile_targets_name_submodules_or_methods():
+    system = STISRSystem(SRCNN(in_channels=4), compile_targets=["generator.forward"])
+    system.configure_model()
+    assert "forward" in vars(system.generator)  # the instance's forward is now the compiled one
+    for wrong in ("generatr", "generator.fwd", "generator.conv1.weight"):
+        with pytest.raises(ValueError, match=f"has no submodule or method '{wrong}'"):
+            STISRSystem(SRCNN(in_channels=4), compile_targets=[wrong])

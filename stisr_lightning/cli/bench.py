@@ -4,7 +4,7 @@
     stisr-bench synth --count 2000 --workers 2
     stisr-bench recognize --recognizers ppocr easyocr tesseract
     stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --bf16 --channels-last]
-        [--compile generator loss.terms.text_focus.recognizer --compile-mode reduce-overhead]
+        [--compile generator.forward_with_prior loss.terms.text_focus.recognizer.encoder --compile-mode reduce-overhead]
     stisr-bench sample --steps 5 200 --batch-size 16 [--device cuda] [--compile-mode reduce-overhead]
 
 Numbers are measured after a warm-up and averaged over the measured part only.
@@ -139,12 +139,15 @@ def bench_train(
     device: str,
     bf16: bool,
     channels_last: bool,
-    compile_modules: list[str] | None = None,
+    compile_targets: list[str] | None = None,
     compile_mode: str = "default",
 ) -> list[dict]:
     """Training throughput of each experiment's system as configured (its generator, loss mix and optimizer), and for
     systems with a text prior or a recognizer-driven loss, the step share of those parts (timed on their own).
-    `compile_modules` are compiled through the system's own `compile_modules` option."""
+    `compile_targets` are compiled through the system's own `compile_targets` option; a target that the step never
+    calls through (so nothing was compiled) is an error, not a number."""
+    import torch._dynamo
+
     from stisr_lightning.weights import build_system
 
     memory_format = torch.channels_last if channels_last else torch.preserve_format
@@ -155,8 +158,8 @@ def bench_train(
             raise SystemExit(f"stisr-bench: no experiment {config}")
         # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine).
         init_args = {"recognizers": {}, "val_recognizer": None}
-        if compile_modules:
-            init_args.update(compile_modules=compile_modules, compile_mode=compile_mode)
+        if compile_targets:
+            init_args.update(compile_targets=compile_targets, compile_mode=compile_mode)
         system = build_system(config, init_args).to(device).train()
         system.configure_model()
         if system.loss is None:
@@ -182,11 +185,15 @@ def bench_train(
             return batch_size
 
         options = [f"batch {batch_size}"] + ["bf16"] * bf16 + ["channels_last"] * channels_last
-        if compile_modules:
-            options.append(f"compiled {'+'.join(compile_modules)} ({compile_mode})")
+        if compile_targets:
+            options.append(f"compiled {'+'.join(compile_targets)} ({compile_mode})")
         label = f"train {name} ({', '.join(options)})"
-        warmup = COMPILED_WARMUP_STEPS if compile_modules else 2
+        warmup = COMPILED_WARMUP_STEPS if compile_targets else 2
+        torch._dynamo.reset()
         row = {"what": label, "workers": 1, "rate": rate(step, warmup=warmup), "unit": "images/s"}
+        if compile_targets and not torch._dynamo.utils.counters["stats"]["unique_graphs"]:
+            raise SystemExit(f"stisr-bench: {name}: no graph was compiled; the step does not call "
+                             f"{', '.join(compile_targets)} (name the method it calls, e.g. generator.forward_with_prior)")
         step_seconds = batch_size / row["rate"]
         shares = []
         prior = getattr(system.generator, "position_prior", None)
@@ -267,8 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     train.add_argument("--bf16", action="store_true")
     train.add_argument("--channels-last", action="store_true")
-    train.add_argument("--compile", nargs="+", metavar="MODULE", default=None,
-                       help="system submodules to torch.compile (generator, loss.terms.text_focus.recognizer, ...)")
+    train.add_argument("--compile", nargs="+", metavar="TARGET", default=None,
+                       help="system submodules or methods to torch.compile (generator, generator.forward_with_prior, "
+                            "loss.terms.text_focus.recognizer.encoder, ...)")
     train.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     sampling = commands.add_parser("sample", help="TextDiff inference speed per number of sampling steps")
     sampling.add_argument("--steps", type=int, nargs="+", default=[5, 200])

@@ -53,7 +53,7 @@ class STISRSystem(LightningModule):
         lpips_net: str | None = None,
         fid_recognizer: str | None = None,
         sample_count: int = 8,
-        compile_modules: list[str] | None = None,
+        compile_targets: list[str] | None = None,
         compile_mode: str = "default",
     ):
         """
@@ -74,8 +74,9 @@ class STISRSystem(LightningModule):
             fid_recognizer: also report `fid_text`, the Frechet distance between SR and HR in this (differentiable)
                 recognizer's feature space; not comparable to Inception FID.
             sample_count: images per test set kept for the LR | SR | HR sample table.
-            compile_modules: submodules to `torch.compile` in place (e.g. `generator`,
-                `loss.terms.text_focus.recognizer`); state-dict keys and checkpoints are unchanged. Small STISR
+            compile_targets: submodules or methods to `torch.compile` in place: `generator` compiles the generator's
+                `__call__`; `generator.forward_with_prior` compiles that method (systems that call a method rather
+                than the module, as LEMMA and TATT do). State-dict keys and checkpoints are unchanged. Small STISR
                 networks are bound by kernel launches on a GPU, which compilation (and CUDA graphs) attacks.
             compile_mode: `torch.compile` mode: default, reduce-overhead (CUDA graphs), max-autotune.
         """
@@ -109,12 +110,9 @@ class STISRSystem(LightningModule):
         self.lpips_net = lpips_net
         self.fid_recognizer = fid_recognizer
         self.sample_count = sample_count
-        for name in compile_modules or []:
-            try:
-                self.get_submodule(name)
-            except AttributeError:
-                raise ValueError(f"compile_modules: {type(self).__name__} has no submodule {name!r}") from None
-        self.compile_modules, self.compile_mode = list(compile_modules or []), compile_mode
+        self.compile_targets, self.compile_mode = list(compile_targets or []), compile_mode
+        for target in self.compile_targets:
+            self._compile_target(target)  # validates the names now, before any training
         self._compiled = False
         self.val_metrics = self._image_metrics()
         self.val_accuracy = WordAccuracy()
@@ -139,12 +137,31 @@ class STISRSystem(LightningModule):
     def forward(self, lr: Tensor) -> Tensor:
         return self.super_resolve(lr)
 
+    def _compile_target(self, target: str) -> tuple[nn.Module, str | None]:
+        """(module, None) for a submodule name, (owner, method) for `submodule.method`; a one-line error otherwise."""
+        try:
+            return self.get_submodule(target), None
+        except AttributeError:
+            pass
+        owner_name, _, method = target.rpartition(".")
+        try:
+            owner = self.get_submodule(owner_name)
+        except AttributeError:
+            owner = None
+        if owner is None or not callable(getattr(owner, method, None)):
+            raise ValueError(f"compile_targets: {type(self).__name__} has no submodule or method {target!r}")
+        return owner, method
+
     def configure_model(self) -> None:
-        """Compiles `compile_modules` once, in place, before any stage runs (Lightning calls this hook)."""
+        """Compiles `compile_targets` once, in place, before any stage runs (Lightning calls this hook)."""
         if self._compiled:
             return
-        for name in self.compile_modules:
-            self.get_submodule(name).compile(mode=self.compile_mode)
+        for target in self.compile_targets:
+            module, method = self._compile_target(target)
+            if method is None:
+                module.compile(mode=self.compile_mode)
+            else:
+                setattr(module, method, torch.compile(getattr(module, method), mode=self.compile_mode))
         self._compiled = True
 
     # ----------------------------------------------------------------------------------------------- training
