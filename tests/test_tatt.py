@@ -236,3 +236,11 @@ def test_experiment_config_builds_the_tatt_recipe():
     assert system.loss.scale == 100.0
     assert system.loss.weights == {"mse": 1.0, "gradient_prior": 1e-4, "distill": 1.0, "tssim": 0.1}
     assert system.rotate_degrees == 5.0 and system.betas == (0.5, 0.999) and system.lr == 1e-3
+
+
+def test_bench_refuses_a_compile_target_that_the_training_step_never_calls():
+    """TATT's step calls generator.forward_with_prior, so compiling the module's __call__ compiles nothing."""
+    from stisr_lightning.cli.bench import main
+
+    with pytest.raises(SystemExit, match="tatt: no graph was compiled; the step does not call generator "):
+        main(["train", "--experiments", "tatt", "--batch-size", "2", "--device", "cpu", "--compile", "generator"])
