@@ -193,7 +193,8 @@ def bench_train(
         row = {"what": label, "workers": 1, "rate": rate(step, warmup=warmup), "unit": "images/s"}
         if compile_targets and not torch._dynamo.utils.counters["stats"]["unique_graphs"]:
             raise SystemExit(f"stisr-bench: {name}: no graph was compiled; the step does not call "
-                             f"{', '.join(compile_targets)} (name the method it calls, e.g. generator.forward_with_prior)")
+                             f"{', '.join(compile_targets)} "
+                             "(name the method it calls, e.g. generator.forward_with_prior)")
         step_seconds = batch_size / row["rate"]
         shares = []
         prior = getattr(system.generator, "position_prior", None)
@@ -247,8 +248,8 @@ def bench_sample(steps: list[int], batch_size: int, device: str, repeats: int, c
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / repeats
             compiled = f", MRD compiled ({compile_mode})" if compile_mode else ""
-            rows.append({"what": f"TextDiff-{count} sampling, random init (batch {batch_size}{compiled}, 3x16x64 -> 3x32x128)",
-                         "workers": 1, "rate": batch_size / seconds, "unit": "images/s",
+            what = f"TextDiff-{count} sampling, random init (batch {batch_size}{compiled}, 3x16x64 -> 3x32x128)"
+            rows.append({"what": what, "workers": 1, "rate": batch_size / seconds, "unit": "images/s",
                          "s/image": f"{seconds / batch_size:.4g}"})
     return rows
 
