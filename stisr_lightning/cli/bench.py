@@ -190,6 +190,7 @@ def bench_train(
         label = f"train {name} ({', '.join(options)})"
         warmup = COMPILED_WARMUP_STEPS if compile_targets else 2
         torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()  # earlier compilations in this process must not count
         row = {"what": label, "workers": 1, "rate": rate(step, warmup=warmup), "unit": "images/s"}
         if compile_targets and not torch._dynamo.utils.counters["stats"]["unique_graphs"]:
             raise SystemExit(f"stisr-bench: {name}: no graph was compiled; the step does not call "
