@@ -189,8 +189,9 @@ def bench_train(
             options.append(f"compiled {'+'.join(compile_targets)} ({compile_mode})")
         label = f"train {name} ({', '.join(options)})"
         warmup = COMPILED_WARMUP_STEPS if compile_targets else 2
-        torch._dynamo.reset()
-        torch._dynamo.utils.counters.clear()  # earlier compilations in this process must not count
+        if compile_targets:  # earlier compilations in this process must not count
+            torch._dynamo.reset()
+            torch._dynamo.utils.counters.clear()
         row = {"what": label, "workers": 1, "rate": rate(step, warmup=warmup), "unit": "images/s"}
         if compile_targets and not torch._dynamo.utils.counters["stats"]["unique_graphs"]:
             raise SystemExit(f"stisr-bench: {name}: no graph was compiled; the step does not call "
@@ -284,7 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     sampling.add_argument("--steps", type=int, nargs="+", default=[5, 200])
     sampling.add_argument("--batch-size", type=int, default=16)
     sampling.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    sampling.add_argument("--repeats", type=int, default=1, help="timed calls per step count (after a 1-step warm-up)")
+    sampling.add_argument("--repeats", type=int, default=1,
+                          help="timed calls per step count (after a warm-up: 1 call, 5 when compiled)")
     sampling.add_argument("--compile-mode", default=None, choices=COMPILE_MODES, help="torch.compile the MRD U-Net")
     args = parser.parse_args(argv)
 
