@@ -87,3 +87,25 @@ def test_distributed_samplers(data):
         seen.append([label for loader in module.test_dataloader() for b in loader for label in b["label"]])
         assert next(iter(module.val_dataloader()))["hr"].shape[1] == 4
     assert sorted(seen[0] + seen[1]) == sorted([f"w{100 + i}" for i in range(5)] + [f"w{200 + i}" for i in range(7)])
+
+
+def test_test_set_entries_carry_their_own_sizes(data):
+    """TextSR's Table 1 reads one test set at several input sizes, LR made from the HR image."""
+    module = _module(data, test_sets={
+        "sizes/8x32": {"path": str(data / "easy"), "lr_size": [8, 32], "hr_size": [32, 128], "lr_from_hr": True},
+        "sizes/plain": str(data / "easy"),
+    })
+    module.setup("test")
+    small, plain = (next(iter(loader)) for loader in module.test_dataloader())
+    assert small["lr"].shape == (3, 3, 8, 32) and plain["lr"].shape == (3, 3, 16, 64)
+    assert torch.equal(small["hr"], plain["hr"])
+    hr = np.asarray(Image.fromarray((small["hr"][0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)))
+    expected = np.asarray(Image.fromarray(hr).resize((32, 8), Image.BICUBIC), dtype=np.float32) / 255
+    assert np.abs(small["lr"][0].permute(1, 2, 0).numpy() - expected).max() < 2 / 255  # LR = bicubic(HR), not the LR record
+
+
+def test_test_set_entry_errors_name_the_set_and_key(data):
+    with pytest.raises(ValueError, match=r"data.test_sets.sizes/a: unknown key 'scale'"):
+        _module(data, test_sets={"sizes/a": {"path": str(data / "easy"), "scale": 4}})
+    with pytest.raises(ValueError, match=r"data.test_sets.sizes/b: no 'path'"):
+        _module(data, test_sets={"sizes/b": {"lr_size": [8, 32]}})

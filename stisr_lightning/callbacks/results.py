@@ -17,6 +17,8 @@ import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
+from stisr_lightning.data.datamodule import test_set_path
+
 PACKAGES = ("stisr-lightning", "torch", "torchvision", "lightning", "torchmetrics", "kornia", "onnxruntime", "rapidocr")
 
 
@@ -124,7 +126,7 @@ class ResultsWriter(Callback):
         test_seconds = time.perf_counter() - self._test_start
         sizes = pl_module.test_set_sizes
         datamodule = trainer.datamodule
-        data_paths = list(getattr(datamodule, "train_dirs", [])) + list(getattr(datamodule, "test_sets", {}).values())
+        data_paths = list(getattr(datamodule, "train_dirs", [])) + [test_set_path(entry) for entry in getattr(datamodule, "test_sets", {}).values()]
         metrics = pl_module.test_results
         record = {
             # NaN marks a metric that could not be computed here (LPIPS without its backbone): JSON null, listed.

@@ -8,7 +8,8 @@ per-sample metrics over ranks equal the single-process sums.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import lightning as L
 import torch
@@ -34,6 +35,15 @@ class UnpaddedDistributedSampler(Sampler[int]):
         return len(range(self.rank, self.length, self.num_replicas))
 
 
+TEST_SET_OPTIONS = ("hr_size", "lr_size", "lr_from_hr")
+"""What a test-set entry may change for itself (TextSR Table 1 reads one test set at five input sizes)."""
+
+
+def test_set_path(entry: str | Mapping[str, Any]) -> str:
+    """The LMDB path of a `test_sets` entry: a path, or a mapping with `path` and per-set options."""
+    return entry if isinstance(entry, str) else entry["path"]
+
+
 def split_train_val(length: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Deterministic held-out split of `length` training indices: (train, val), both sorted."""
     if not 0.0 <= val_fraction < 1.0:
@@ -44,12 +54,17 @@ def split_train_val(length: int, val_fraction: float, seed: int) -> tuple[list[i
 
 
 class STISRDataModule(L.LightningDataModule):
-    """Training LMDBs (a seeded fraction held out for validation) and named test LMDBs, in TextZoom format."""
+    """Training LMDBs (a seeded fraction held out for validation) and named test LMDBs, in TextZoom format.
+
+    A `test_sets` value is an LMDB path, or a mapping `{path, hr_size?, lr_size?, lr_from_hr?}` whose options
+    override the module-wide ones for that set only. `lr_from_hr` makes every LR image by resizing the HR image
+    (clean down-sampling, TextSR's protocol) instead of reading the LR record.
+    """
 
     def __init__(
         self,
         train_dirs: list[str],
-        test_sets: dict[str, str],
+        test_sets: dict[str, str | dict[str, Any]],
         val_fraction: float = 0.05,
         batch_size: int = 64,
         eval_batch_size: int = 128,
@@ -61,10 +76,17 @@ class STISRDataModule(L.LightningDataModule):
         seed: int = 0,
         max_label_length: int | None = None,
         drop_last: bool = True,
+        lr_from_hr: bool = False,
     ) -> None:
         super().__init__()
         self.train_dirs = list(train_dirs)
         self.test_sets = dict(test_sets)
+        for name, entry in self.test_sets.items():
+            if isinstance(entry, Mapping):
+                unknown = sorted(set(entry) - {"path", *TEST_SET_OPTIONS})
+                if "path" not in entry or unknown:
+                    problem = f"unknown key {unknown[0]!r}" if unknown else "no 'path'"
+                    raise ValueError(f"data.test_sets.{name}: {problem} (allowed: path, {', '.join(TEST_SET_OPTIONS)})")
         self.val_fraction = val_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
@@ -72,7 +94,8 @@ class STISRDataModule(L.LightningDataModule):
         self.seed = seed
         self.drop_last = drop_last
         self.dataset_args = {"hr_size": tuple(hr_size), "lr_size": tuple(lr_size), "mask": mask,
-                             "on_corrupt": on_corrupt, "max_label_length": max_label_length}
+                             "on_corrupt": on_corrupt, "max_label_length": max_label_length,
+                             "lr_from_hr": lr_from_hr}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_datasets: list[Dataset] = []
@@ -95,7 +118,12 @@ class STISRDataModule(L.LightningDataModule):
             train_indices, val_indices = split_train_val(len(full), self.val_fraction, self.seed)
             self.train_set, self.val_set = Subset(full, train_indices), Subset(full, val_indices)
         if stage in (None, "test") and not self.test_datasets:
-            self.test_datasets = [TextZoomLMDB(path, **self.dataset_args) for path in self.test_sets.values()]
+            self.test_datasets = [self._test_dataset(entry) for entry in self.test_sets.values()]
+
+    def _test_dataset(self, entry: str | Mapping[str, Any]) -> TextZoomLMDB:
+        options = {} if isinstance(entry, str) else {key: entry[key] for key in TEST_SET_OPTIONS if key in entry}
+        sizes = {key: tuple(options[key]) for key in ("hr_size", "lr_size") if key in options}
+        return TextZoomLMDB(test_set_path(entry), **{**self.dataset_args, **options, **sizes})
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,

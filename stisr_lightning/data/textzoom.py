@@ -146,6 +146,9 @@ class TextZoomLMDB(Dataset):
     (H, W); both images are resized with PIL bicubic as the official collate does. A record that cannot be decoded
     (or whose filtered label is longer than `max_label_length`) is skipped in favour of the next valid one, with a
     warning naming its key, unless `on_corrupt="raise"`.
+
+    `lr_from_hr` ignores the LR record and makes LR by resizing the HR image to `lr_size`: the protocol of papers
+    that down-sample clean images (TextSR's "4x down-sampled from the original images", its Table 1 input sizes).
     """
 
     def __init__(
@@ -156,6 +159,7 @@ class TextZoomLMDB(Dataset):
         mask: bool = False,
         on_corrupt: str = "skip",
         max_label_length: int | None = None,
+        lr_from_hr: bool = False,
     ) -> None:
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt={on_corrupt!r}, expected one of {ON_CORRUPT}")
@@ -165,6 +169,7 @@ class TextZoomLMDB(Dataset):
         self.mask = mask
         self.on_corrupt = on_corrupt
         self.max_label_length = max_label_length
+        self.lr_from_hr = lr_from_hr
         self.skipped_keys: set[str] = set()
         with _process_env(self.path).begin(write=False) as txn:
             self.num_samples = read_num_samples(txn, self.path)
@@ -205,7 +210,7 @@ class TextZoomLMDB(Dataset):
         if self.max_label_length is not None and len(label) > self.max_label_length:
             raise CorruptRecordError(label_key.decode(), f"label longer than {self.max_label_length}")
         hr = self._decode(txn, "image_hr" if self.paired else "image", number)
-        lr = self._decode(txn, "image_lr", number) if self.paired else hr
+        lr = self._decode(txn, "image_lr", number) if self.paired and not self.lr_from_hr else hr
         return hr, lr, label
 
     def __getitem__(self, index: int) -> dict:

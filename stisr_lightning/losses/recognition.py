@@ -1,8 +1,9 @@
-"""Recognition losses on text priors: LEMMA's fine-tune cross-entropy of the ABINet prior (L_ft)."""
+"""Recognition losses: LEMMA's fine-tune cross-entropy of the ABINet prior (L_ft), the teacher-forced sequence
+loss of attention recognizers (ASTER), and TextSR's Text Perceptual Loss and adversarial term built on them."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -54,3 +55,40 @@ class PriorFineTuneCE(LossTerm):
             sequence_cross_entropy(logits, targets, self.official_double_softmax)
             for logits in (prior.vision_logits, prior.language_logits)
         )
+
+
+def sequence_nll(logits: Tensor, targets: Tensor, lengths: Tensor, average: Literal["word", "token"] = "word") -> Tensor:
+    """-sum_t log p(y_t) over each word's first `lengths` steps (EOS included) of (N, T, C) teacher-forced logits.
+
+    `average="word"` is TextSR's Eq. 3 (the sum over the steps of a word), averaged over the batch; `"token"`
+    divides by the number of tokens instead, as aster.pytorch's `SequenceCrossEntropyLoss` does.
+    """
+    targets, lengths = targets.to(logits.device), lengths.to(logits.device)
+    steps = torch.arange(targets.shape[1], device=logits.device)
+    mask = (steps[None, :] < lengths[:, None]).to(logits.dtype)
+    picked = logits.log_softmax(-1).gather(-1, targets[..., None].long()).squeeze(-1)
+    total = -(picked * mask).sum()
+    return total / (mask.sum() if average == "token" else logits.shape[0])
+
+
+class TextPerceptualLoss(LossTerm):
+    """TextSR's TPL: the recognition loss of the SR image (`outputs["tpl_logits"]`, teacher-forced by the system
+    on `outputs["tpl_targets"]` with `outputs["tpl_lengths"]`), which the generator minimizes (Eq. 4)."""
+
+    def __init__(self, average: Literal["word", "token"] = "word") -> None:
+        super().__init__()
+        if average not in ("word", "token"):
+            raise ValueError(f"TextPerceptualLoss.average: expected 'word' or 'token', got {average!r}")
+        self.average = average
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> Tensor:
+        return sequence_nll(outputs["tpl_logits"], outputs["tpl_targets"], outputs["tpl_lengths"], self.average)
+
+
+class AdversarialLoss(LossTerm):
+    """The generator's side of SRGAN's min-max game, -log D(G(x)) (the non-saturating form), on the discriminator's
+    logits for the SR images (`outputs["fake_logits"]`)."""
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> Tensor:
+        fake = outputs["fake_logits"]
+        return F.binary_cross_entropy_with_logits(fake, torch.ones_like(fake))

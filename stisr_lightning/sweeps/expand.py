@@ -193,9 +193,15 @@ class Expander:
                                      f"({', '.join(SYNTHETIC_SUBSETS)}) but {row.base.name} tests on {unknown[0]!r}")
             self._data_overrides[key] = {
                 "data.train_dirs": [str(self.data_dir / "train")],
-                "data.test_sets": {name: str(self._synthetic_test_dir(name.rsplit("/", 1)[-1])) for name in test_sets},
+                "data.test_sets": {name: self._synthetic_entry(name, entry) for name, entry in test_sets.items()},
             }
         return self._data_overrides[key]
+
+    def _synthetic_entry(self, name: str, entry: str | dict[str, Any]) -> str | dict[str, Any]:
+        """The entry with its path pointed at the synthetic subset named by the last part of `name`; per-set
+        options (a mapping entry's lr_size, ...) are kept."""
+        path = str(self._synthetic_test_dir(name.rsplit("/", 1)[-1]))
+        return {**entry, "path": path} if isinstance(entry, dict) else path
 
     def _synthetic_test_dir(self, subset: str) -> Path:
         return self.data_dir / subset if subset == "str_synth" else self.data_dir / "test" / subset

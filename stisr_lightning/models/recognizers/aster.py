@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
+from stisr_lightning.losses.recognition import sequence_nll
 from stisr_lightning.data.charset import PRINTABLE, filter_text
 from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
 from stisr_lightning.models.recognizers.base import (
@@ -199,6 +200,12 @@ class ASTER(TorchRecognizer):
         rows = [[index.get(ch, self.unknown) for ch in text[: self.max_len - 1]] + [self.eos] for text in texts]
         targets = pad_sequence([torch.tensor(row) for row in rows], batch_first=True, padding_value=self.padding)
         return targets, torch.tensor([len(row) for row in rows])
+
+    def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
+        """Teacher-forced cross-entropy averaged over tokens, as aster.pytorch trains."""
+        targets, lengths = self.encode_text(labels)
+        targets = targets.to(images.device)
+        return sequence_nll(self(images, targets).logits, targets, lengths, average="token")
 
     def decode(self, logits: Tensor) -> list[str]:
         return self.ids_to_text(logits.argmax(-1))

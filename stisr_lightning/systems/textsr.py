@@ -1,0 +1,144 @@
+"""TextSR (Wang, Xie et al., arXiv 1909.07113) as a system: an SRGAN trained with ASTER's recognition loss on the SR
+image as a Text Perceptual Loss (TPL).
+
+Each step updates the discriminator on HR (real) and detached SR (fake) images, then the generator (on the same SR
+images, judged by the updated discriminator) with the loss mix of experiments/textsr.yaml: content + adversarial +
+TPL, all weighted 1 (Sec. 4.2). The TPL recognizer is one of the
+system's `recognizers` (ASTER, which the paper also evaluates with); `tpl_scheme` picks one of the paper's three
+ways to supervise the generator (Sec. 3.3):
+- `frozen` (the one the paper reports): ASTER trained first (`recognizer_weights`), then frozen;
+- `pretrain_joint`: ASTER trained first, then trained on with the generator, end to end;
+- `joint_scratch`: ASTER and generator trained together from random initialization (no weights allowed).
+In the joint schemes the TPL's gradient reaches ASTER's weights, at `recognizer_lr`.
+
+The SRGAN row of the paper's tables is this system with the TPL weight at 0 (experiments/srgan.yaml).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from stisr_lightning.systems.base import STISRSystem
+
+TPL_SCHEMES = ("frozen", "pretrain_joint", "joint_scratch")
+
+
+class TextSRSystem(STISRSystem):
+    def __init__(
+        self,
+        generator: nn.Module,
+        discriminator: nn.Module,
+        tpl_recognizer: str | None = "aster",
+        tpl_scheme: Literal["frozen", "pretrain_joint", "joint_scratch"] = "frozen",
+        optimizer: Literal["adam", "adadelta"] = "adam",
+        lr_milestones: list[int] | None = None,
+        lr_decay_gamma: float = 0.1,
+        **kwargs: Any,
+    ):
+        """
+        Args:
+            discriminator: SRGAN's discriminator, `discriminator(images) -> (N,) logits`.
+            tpl_recognizer: the recognizer (a key of `recognizers`) whose teacher-forced loss on the SR image is the
+                TPL: an attention recognizer with `encode_text` and `forward(images, targets)` (ASTER). None for SRGAN.
+            tpl_scheme: frozen | pretrain_joint | joint_scratch (above).
+            optimizer: Adam (betas from `betas`; the paper: "Adam with momentum 0.9") or Adadelta. The paper's
+                learning rate of 1.0 decayed to 0.1 and 0.01 is Adadelta's scale (aster.pytorch, which TextSR builds
+                on), and diverges with Adam; `optimizer: adadelta, lr: 1.0` runs it as printed.
+            lr_milestones: steps at which both learning rates are multiplied by `lr_decay_gamma` (the paper: 30k, 40k).
+        """
+        if tpl_scheme not in TPL_SCHEMES:
+            raise ValueError(f"TextSRSystem.tpl_scheme: expected one of {TPL_SCHEMES}, got {tpl_scheme!r}")
+        if optimizer not in ("adam", "adadelta"):
+            raise ValueError(f"TextSRSystem.optimizer: expected 'adam' or 'adadelta', got {optimizer!r}")
+        if kwargs.get("lr_decay_epochs") is not None:
+            raise ValueError("TextSRSystem: lr_decay_epochs is not used here; decay by steps with lr_milestones")
+        fine_tune = list(kwargs.pop("fine_tune_recognizers", None) or [])
+        if tpl_recognizer is not None:
+            weights = kwargs.get("recognizer_weights") or {}
+            if tpl_scheme == "joint_scratch" and tpl_recognizer in weights:
+                raise ValueError(f"TextSRSystem: tpl_scheme 'joint_scratch' trains {tpl_recognizer!r} from random "
+                                 f"initialization, but recognizer_weights.{tpl_recognizer} is set")
+            if tpl_scheme != "frozen" and tpl_recognizer not in fine_tune:
+                fine_tune.append(tpl_recognizer)
+            if tpl_scheme != "joint_scratch" and tpl_recognizer not in weights:
+                rank_zero_warn(f"TextSRSystem: tpl_scheme {tpl_scheme!r} expects a trained {tpl_recognizer!r} "
+                               f"(recognizer_weights.{tpl_recognizer}); the TPL now follows a random recognizer")
+        super().__init__(generator, fine_tune_recognizers=fine_tune, lr_decay_gamma=lr_decay_gamma, **kwargs)
+        if tpl_recognizer is not None:
+            recognizer = self.recognizers[tpl_recognizer] if tpl_recognizer in self.recognizers else None
+            if recognizer is None or not callable(getattr(recognizer, "encode_text", None)):
+                raise ValueError(f"TextSRSystem.tpl_recognizer: {tpl_recognizer!r} must name a configured attention "
+                                 f"recognizer with encode_text (recognizers: {sorted(self.recognizers)})")
+        self.discriminator = discriminator
+        self.tpl_recognizer = tpl_recognizer
+        self.tpl_scheme = tpl_scheme
+        self.optimizer_name = optimizer
+        self.lr_milestones = list(lr_milestones or [])
+        self.automatic_optimization = False
+
+    def forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return self.generator_outputs(self.generator(batch["lr"]), batch)
+
+    def generator_outputs(self, sr: Tensor, batch: dict[str, Any]) -> dict[str, Any]:
+        """What the generator's loss terms read; the discriminator and the TPL recognizer see the RGB channels."""
+        outputs: dict[str, Any] = {"sr": sr, "fake_logits": self.discriminator(sr[:, :3])}
+        if self.tpl_recognizer is not None:
+            recognizer = self.recognizers[self.tpl_recognizer]
+            targets, lengths = recognizer.encode_text(list(batch["label"]))
+            targets = targets.to(sr.device)
+            outputs.update(tpl_logits=recognizer(sr[:, :3], targets).logits, tpl_targets=targets, tpl_lengths=lengths)
+        return outputs
+
+    def discriminator_loss(self, hr: Tensor, sr: Tensor) -> Tensor:
+        """-log D(HR) - log(1 - D(SR)) with SR detached (Eq. 2, the discriminator's side)."""
+        real, fake = self.discriminator(hr[:, :3]), self.discriminator(sr.detach()[:, :3])
+        return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
+            F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        if self.loss is None:
+            raise RuntimeError("TextSRSystem has no loss configured; it can be evaluated but not trained")
+        generator_opt, discriminator_opt = self.optimizers()
+        sr = self.generator(batch["lr"])
+        d_loss = self.discriminator_loss(batch["hr"], sr)
+        discriminator_opt.zero_grad()
+        self.manual_backward(d_loss)
+        # The bare optimizer's step: Lightning counts every wrapped optimizer step in `global_step`, and
+        # `max_steps` / `lr_milestones` should count iterations, as the paper's 50k do.
+        discriminator_opt.optimizer.step()
+
+        self.discriminator.requires_grad_(False)  # the generator's step leaves the discriminator's gradients alone
+        total, terms = self.loss(self.generator_outputs(sr, batch), batch)
+        generator_opt.zero_grad()
+        self.manual_backward(total)
+        generator_opt.step()
+        self.discriminator.requires_grad_(True)
+        for scheduler in self.lr_schedulers() or []:
+            scheduler.step()
+
+        size = batch["lr"].shape[0]
+        self.log("train/loss", total, prog_bar=True, batch_size=size)
+        self.log("train/loss/discriminator", d_loss, prog_bar=True, batch_size=size)
+        self.log_dict({f"train/loss/{name}": value for name, value in terms.items()}, batch_size=size)
+        return total
+
+    def configure_optimizers(self):
+        generator_groups = [{"params": [p for p in self.generator.parameters() if p.requires_grad], "lr": self.lr}]
+        for name in self.fine_tune_recognizers:
+            generator_groups.append({"params": list(self.recognizers[name].parameters()), "lr": self.recognizer_lr})
+        discriminator_groups = [{"params": list(self.discriminator.parameters()), "lr": self.lr}]
+        if self.optimizer_name == "adam":
+            build = lambda groups: torch.optim.Adam(groups, betas=self.betas, weight_decay=self.weight_decay)  # noqa: E731
+        else:
+            build = lambda groups: torch.optim.Adadelta(groups, weight_decay=self.weight_decay)  # noqa: E731
+        optimizers = [build(generator_groups), build(discriminator_groups)]
+        if not self.lr_milestones:
+            return optimizers
+        schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt, self.lr_milestones, self.lr_decay_gamma)
+                      for opt in optimizers]
+        return optimizers, schedulers
