@@ -113,6 +113,35 @@ def test_textdiff_tables_train_textdiff_once_and_evaluate_it(expansions):
     assert spec.metric(spec.tables[4].columns[-1], spec.presets["tiny"]) == "test/synthetic/average/seconds_per_image"
 
 
+def test_textsr_tables_test_the_trained_cells_at_five_input_sizes(expansions):
+    path = REPO / "sweeps" / "ablations" / "textsr.yaml"
+    spec, expansion = load_spec(path), expansions(path, "tiny")
+    assert [table.id for table in spec.tables] == ["T1", "T2", "TPL"]
+    t1 = spec.tables[0]
+    assert [row.name for row in t1.rows] == ["BICUBIC", "SRGAN", "TextSR"]
+    assert [column.name for column in t1.columns] == ["128x32", "64x16", "32x8", "24x6", "20x5"]
+    assert t1.reference[("TextSR", "20x5")].value == pytest.approx(42.8)
+    assert spec.tables[1].reference[("SRGAN", "IC13/PSNR")].value == pytest.approx(23.77)
+    by_row, cells = expansion.by_row, expansion.cells
+    (textsr,) = by_row[("T2", "TextSR")]
+    assert by_row[("TPL", "ASTER trained first and frozen (reported)")] == [textsr]  # trained once for both tables
+    easy = str(expansion.data_dir / "test" / "easy")
+    assert cells[textsr].overrides["data.test_sets"] == {"ic13": easy}  # IC13's synthetic stand-in
+    for name in ("SRGAN", "TextSR"):  # T1 tests T2's checkpoints on the five sizes: its own cells
+        (evaluation,) = by_row[("T1", name)]
+        assert cells[evaluation].evaluates == by_row[("T2", name)][0]
+        sizes = cells[evaluation].overrides["data.test_sets"]
+        assert sizes["20x5/ic13"] == {"path": easy, "lr_size": [5, 20], "hr_size": [20, 80]}
+        assert list(sizes) == ["128x32/ic13", "64x16/ic13", "32x8/ic13", "24x6/ic13", "20x5/ic13"]
+    (bicubic,) = by_row[("T1", "BICUBIC")]
+    assert cells[bicubic].subcommand == "test" and cells[bicubic].base.name == "bicubic_x4.yaml"
+    schemes = [cells[by_row[("TPL", row.name)][0]].overrides.get("model.init_args.tpl_scheme")
+               for row in spec.tables[2].rows]
+    assert schemes == [None, "pretrain_joint", "joint_scratch"]
+    assert len(cells) == 8 and sum(not cell.evaluates for cell in cells.values()) == 6
+    assert expansions(path, "full").data_dir is None
+
+
 def test_identical_cells_are_deduplicated_across_tables(sweep_dir, resolver, tmp_path):
     second = {"id": "T2", "base": "srcnn.yaml", "columns": minimal()["tables"][0]["columns"],
               "rows": [{"name": "same as a"}, {"name": "lr 0.5 too", "overrides": {"model.init_args.lr": 0.5}},
@@ -160,6 +189,8 @@ def test_format_value_round_trips_through_the_cli_syntax():
                   "columns": [{"name": "x", "metric": "test/a/psnr"}]}]}, "duplicate row name 'a'"),
     ({"tables": [{"id": "T1", "rows": [{"name": "a"}], "base": "srcnn.yaml",
                   "columns": [{"name": "x", "metric": "test/{nope}/psnr"}]}]}, "unknown var 'nope'"),
+    ({"presets": {"tiny": {"synthetic": {"train": 4, "test": 3, "standins": {"ic13": "eazy"}}}}},
+     "synthetic.standins.ic13: 'eazy' is not a synthetic subset (easy, medium, hard, str_synth)"),
 ])
 def test_structural_errors_are_one_line(sweep_dir, change, message):
     path = write(sweep_dir, minimal(**change))

@@ -19,9 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from stisr_lightning.sweeps.spec import Preset, Row, SweepSpec, SweepSpecError, Table
+from stisr_lightning.sweeps.spec import SYNTHETIC_SUBSET_NAMES, Preset, Row, SweepSpec, SweepSpecError, Table
 
-SYNTHETIC_SUBSETS = ("easy", "medium", "hard", "str_synth")
 TRAIN_MODULE, EVALUATE_MODULE = "stisr_lightning.cli.train", "stisr_lightning.cli.evaluate"
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a trained cell's run folder (stisr-train's ModelCheckpoint)
 OUT_PLACEHOLDER = "$OUT"
@@ -156,7 +155,7 @@ class Expander:
         self.data_dir = synthetic_dir(self.out_dir, preset)
         self._data_overrides: dict[tuple[str, Path, str], dict[str, Any]] = {}
         self._generators: dict[str, str] = {}  # config hash of a trained cell -> its generator's class path
-        self._tested: dict[str, dict[str, Any]] = {}  # trained cell's hash + test data -> the config of its test
+        self._tested: dict[str, dict[str, Any]] = {}  # trained cell's hash -> the config of its own test
 
     def _where(self, table: Table, row: Row | None = None) -> str:
         return f"{self.spec.path}: table {table.id}" + (f": row {row.name!r}" if row else "")
@@ -187,10 +186,10 @@ class Expander:
                 self._data_overrides[key] = {}
                 return {}
             test_sets = dict(row.overrides.get("data.test_sets") or (config.get("data") or {}).get("test_sets") or {})
-            unknown = [name for name in test_sets if name.rsplit("/", 1)[-1] not in SYNTHETIC_SUBSETS]
+            unknown = [name for name in test_sets if self.preset.synthetic.subset(name) not in SYNTHETIC_SUBSET_NAMES]
             if unknown:
                 raise SweepSpecError(f"{self._where(table, row)}: preset {self.preset.name!r} makes synthetic data "
-                                     f"({', '.join(SYNTHETIC_SUBSETS)}) but {row.base.name} tests on {unknown[0]!r}")
+                                     f"({', '.join(SYNTHETIC_SUBSET_NAMES)}) but {row.base.name} tests on {unknown[0]!r}")
             self._data_overrides[key] = {
                 "data.train_dirs": [str(self.data_dir / "train")],
                 "data.test_sets": {name: self._synthetic_entry(name, entry) for name, entry in test_sets.items()},
@@ -198,9 +197,9 @@ class Expander:
         return self._data_overrides[key]
 
     def _synthetic_entry(self, name: str, entry: str | dict[str, Any]) -> str | dict[str, Any]:
-        """The entry with its path pointed at the synthetic subset named by the last part of `name`; per-set
-        options (a mapping entry's lr_size, ...) are kept."""
-        path = str(self._synthetic_test_dir(name.rsplit("/", 1)[-1]))
+        """The entry with its path pointed at the synthetic subset that `name` reads (its last part, or that part's
+        stand-in); per-set options (a mapping entry's lr_size, ...) are kept."""
+        path = str(self._synthetic_test_dir(self.preset.synthetic.subset(name)))
         return {**entry, "path": path} if isinstance(entry, dict) else path
 
     def _synthetic_test_dir(self, subset: str) -> Path:
@@ -273,9 +272,9 @@ class Expander:
         trained = {**targets[0].overrides, **data}
         config = self._resolve(where, "test", row.base, {**trained, **row_overrides}, row.overrides)
         self._check_columns(table, row, config)
-        key = targets[0].config_hash + json.dumps(data, sort_keys=True)
+        key = targets[0].config_hash  # what the trained cell's own test ran (its test sets, not this row's)
         if key not in self._tested:
-            self._tested[key] = self._resolve(where, "test", row.base, trained, {})
+            self._tested[key] = self._resolve(where, "test", row.base, targets[0].overrides, {})
         if refiners is None and config == self._tested[key]:
             return targets
         evaluated = []

@@ -24,6 +24,7 @@ EVALUATE_KEYS = {"of", "refine_with"}
 COLUMN_KEYS = {"name", "metric", "scale", "group", "decimals", "reference_column"}
 PRESET_KEYS = {"description", "overrides", "base_overrides", "synthetic", "vars"}
 SYNTHETIC_KEYS = {"train", "test", "seed", "str_test"}
+SYNTHETIC_SUBSET_NAMES = ("easy", "medium", "hard", "str_synth")
 
 
 class SweepSpecError(ValueError):
@@ -87,12 +88,19 @@ class Table:
 class Synthetic:
     """Synthetic data a preset needs (`make_synthetic(out, train, test, seed, str_test=...)`): made once, cached by
     the engine. `str_test` adds the STR-style set (small images, LEMMA's STR degradation) for test sets named
-    `str_synth`."""
+    `str_synth`. `standins` lets test sets named after real data read a synthetic subset instead (TextSR's IC13 ->
+    easy), so one row serves every preset; tables say so in their notes."""
 
     train: int
     test: int
     seed: int = 0
     str_test: int = 0
+    standins: dict[str, str] = field(default_factory=dict)
+
+    def subset(self, test_set_name: str) -> str:
+        """The synthetic subset a test set named '<...>/<last>' reads: `last`, or its stand-in."""
+        last = test_set_name.rsplit("/", 1)[-1]
+        return self.standins.get(last, last)
 
 
 @dataclass(frozen=True)
@@ -354,10 +362,15 @@ def _presets(where: str, data: Any, default_vars: dict[str, str], experiments: P
         _check_keys(here, entry, PRESET_KEYS, "preset")
         synthetic = entry.get("synthetic")
         if synthetic is not None:
-            _check_keys(here, synthetic, SYNTHETIC_KEYS, "synthetic")
+            _check_keys(here, synthetic, SYNTHETIC_KEYS | {"standins"}, "synthetic")
             if not all(isinstance(synthetic.get(key, 0), int) for key in SYNTHETIC_KEYS) or "train" not in synthetic:
                 raise _fail(here, "synthetic needs integer train, test (and optional seed)")
-            synthetic = Synthetic(**synthetic)
+            standins = _string_map(here, synthetic.get("standins"), "synthetic.standins")
+            wrong = [name for name, subset in standins.items() if subset not in SYNTHETIC_SUBSET_NAMES]
+            if wrong:
+                raise _fail(here, f"synthetic.standins.{wrong[0]}: {standins[wrong[0]]!r} is not a synthetic subset "
+                                  f"({', '.join(SYNTHETIC_SUBSET_NAMES)})")
+            synthetic = Synthetic(**{**synthetic, "standins": standins})
         variables = {**default_vars, **_string_map(here, entry.get("vars"), "vars")}
         overrides = _overrides(here, entry.get("overrides"))
         presets[name] = Preset(name, overrides, synthetic, variables, entry.get("description", ""),
