@@ -142,3 +142,18 @@ def test_srgan_row_needs_no_recognizer_and_schemes_are_checked(tmp_path):
     with pytest.raises(ValueError, match="tpl_recognizer: 'crnn' must name a configured attention recognizer"):
         TextSRSystem(TextSRGenerator(scale_factor=2, num_blocks=1), SRGANDiscriminator(), tpl_recognizer="crnn",
                      recognizers={"aster": ASTER()})
+
+
+def test_bench_times_the_whole_gan_iteration_and_the_tpl_share(monkeypatch):
+    from stisr_lightning.cli import bench
+
+    updated, iteration = [], TextSRSystem.iteration
+
+    def spy(self, batch, generator_step, discriminator_step, backward):
+        updated.append(tuple(batch["lr"].shape))
+        return iteration(self, batch, generator_step, discriminator_step, backward)
+
+    monkeypatch.setattr(TextSRSystem, "iteration", spy)
+    (row,) = bench.bench_train(["textsr"], batch_size=2, device="cpu", bf16=False, channels_last=False)
+    assert updated and set(updated) == {(2, 3, 8, 32)}  # TextSR's 4x: LR 8x32 for the 32x128 HR
+    assert row["rate"] > 0 and row["share of step"].startswith("TPL (aster) ")

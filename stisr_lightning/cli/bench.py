@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
+from torch import Tensor
 
 MEASURE_SECONDS = 5.0
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune"]
@@ -148,6 +149,7 @@ def bench_train(
     calls through (so nothing was compiled) is an error, not a number."""
     import torch._dynamo
 
+    from stisr_lightning.systems.textsr import TextSRSystem
     from stisr_lightning.weights import build_system
 
     memory_format = torch.channels_last if channels_last else torch.preserve_format
@@ -156,8 +158,11 @@ def bench_train(
         config = Path(name) if name.endswith(".yaml") else EXPERIMENTS / f"{name}.yaml"
         if not config.is_file():
             raise SystemExit(f"stisr-bench: no experiment {config}")
-        # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine).
-        init_args = {"recognizers": {}, "val_recognizer": None}
+        # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine);
+        # a recognizer the loss reads through the system (TextSR's TPL recognizer) stays.
+        model_args = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_args") or {}
+        kept = model_args.get("tpl_recognizer")
+        init_args = {"recognizers": {kept: model_args["recognizers"][kept]} if kept else {}, "val_recognizer": None}
         if compile_targets:
             init_args.update(compile_targets=compile_targets, compile_mode=compile_mode)
         system = build_system(config, init_args).to(device).train()
@@ -166,22 +171,31 @@ def bench_train(
             raise SystemExit(f"stisr-bench: {config} has no loss; it cannot be trained")
         system.to(memory_format=memory_format)
         channels = _experiment_channels(config)
+        scale = getattr(system.generator, "scale_factor", 2)  # HR 32x128, LR at the generator's scale
         batch = {
-            "lr": torch.rand(batch_size, channels, 16, 64, device=device).contiguous(memory_format=memory_format),
+            "lr": torch.rand(batch_size, channels, 32 // scale, 128 // scale, device=device).contiguous(
+                memory_format=memory_format),
             "hr": torch.rand(batch_size, channels, 32, 128, device=device).contiguous(memory_format=memory_format),
             "label": [BENCH_LABELS[i % len(BENCH_LABELS)] for i in range(batch_size)],
         }
         optimizers = system.configure_optimizers()
-        optimizer = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+        optimizers = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+        optimizers = optimizers[0] if isinstance(optimizers, tuple) else optimizers  # (optimizers, schedulers)
         autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
 
         def step() -> int:
-            optimizer.zero_grad(set_to_none=True)
+            if isinstance(system, TextSRSystem):  # the discriminator's and the generator's update
+                for optimizer in optimizers:
+                    optimizer.zero_grad(set_to_none=True)
+                with autocast:
+                    system.iteration(batch, optimizers[0].step, optimizers[1].step, Tensor.backward)
+                return batch_size
+            optimizers.zero_grad(set_to_none=True)
             with autocast:
                 total, _ = system.loss(system.forward_train(batch), batch)
             total.backward()
             torch.nn.utils.clip_grad_norm_(system.parameters(), 0.25)
-            optimizer.step()
+            optimizers.step()
             return batch_size
 
         options = [f"batch {batch_size}"] + ["bf16"] * bf16 + ["channels_last"] * channels_last
@@ -219,9 +233,18 @@ def bench_train(
                     value = term(outputs, batch)
                 value.backward()
             shares.append(f"{term_name} loss {100 * _timed(term_step, device) / step_seconds:.0f}%")
+        if isinstance(system, TextSRSystem) and system.tpl_recognizer:
+            recognizer = system.recognizers[system.tpl_recognizer]
+            targets = recognizer.encode_text(batch["label"])[0].to(device)
+            sr = batch["hr"][:, :3].detach().requires_grad_()
+
+            def tpl_step() -> None:
+                with autocast:
+                    logits = recognizer(sr, targets).logits
+                logits.float().logsumexp(-1).sum().backward()
+            shares.append(f"TPL ({system.tpl_recognizer}) {100 * _timed(tpl_step, device) / step_seconds:.0f}%")
         row["share of step"] = ", ".join(shares) or "-"
         rows.append(row)
-        optimizer.zero_grad(set_to_none=True)
     return rows
 
 

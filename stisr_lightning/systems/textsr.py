@@ -16,6 +16,7 @@ The SRGAN row of the paper's tables is this system with the TPL weight at 0 (exp
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -100,27 +101,38 @@ class TextSRSystem(STISRSystem):
         return F.binary_cross_entropy_with_logits(real, torch.ones_like(real)) + \
             F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
 
+    def iteration(self, batch: dict[str, Any], generator_step: Callable[[], None],
+                  discriminator_step: Callable[[], None], backward: Callable[[Tensor], None]) -> tuple[Tensor, ...]:
+        """One TextSR iteration: the discriminator's update, then the generator's, on the same SR images.
+        Returns (generator loss, discriminator loss, generator terms); `stisr-bench` times it outside Lightning."""
+        sr = self.generator(batch["lr"])
+        d_loss = self.discriminator_loss(batch["hr"], sr)
+        backward(d_loss)
+        discriminator_step()
+        self.discriminator.requires_grad_(False)  # the generator's step leaves the discriminator's gradients alone
+        try:
+            total, terms = self.loss(self.generator_outputs(sr, batch), batch)
+            backward(total)
+            generator_step()
+        finally:
+            self.discriminator.requires_grad_(True)
+        return total, d_loss, terms
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if self.loss is None:
             raise RuntimeError("TextSRSystem has no loss configured; it can be evaluated but not trained")
         generator_opt, discriminator_opt = self.optimizers()
-        sr = self.generator(batch["lr"])
-        d_loss = self.discriminator_loss(batch["hr"], sr)
-        discriminator_opt.zero_grad()
-        self.manual_backward(d_loss)
-        # The bare optimizer's step: Lightning counts every wrapped optimizer step in `global_step`, and
-        # `max_steps` / `lr_milestones` should count iterations, as the paper's 50k do.
-        discriminator_opt.optimizer.step()
-
-        self.discriminator.requires_grad_(False)  # the generator's step leaves the discriminator's gradients alone
-        total, terms = self.loss(self.generator_outputs(sr, batch), batch)
         generator_opt.zero_grad()
-        self.manual_backward(total)
-        generator_opt.step()
-        self.discriminator.requires_grad_(True)
+        discriminator_opt.zero_grad()
+
+        def discriminator_step() -> None:
+            # The bare optimizer's step: Lightning counts every wrapped optimizer step in `global_step`, and
+            # `max_steps` / `lr_milestones` should count iterations, as the paper's 50k do.
+            discriminator_opt.optimizer.step()
+
+        total, d_loss, terms = self.iteration(batch, generator_opt.step, discriminator_step, self.manual_backward)
         for scheduler in self.lr_schedulers() or []:
             scheduler.step()
-
         size = batch["lr"].shape[0]
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         self.log("train/loss/discriminator", d_loss, prog_bar=True, batch_size=size)
