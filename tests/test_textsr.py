@@ -157,3 +157,32 @@ def test_bench_times_the_whole_gan_iteration_and_the_tpl_share(monkeypatch):
     (row,) = bench.bench_train(["textsr"], batch_size=2, device="cpu", bf16=False, channels_last=False)
     assert updated and set(updated) == {(2, 3, 8, 32)}  # TextSR's 4x: LR 8x32 for the 32x128 HR
     assert row["rate"] > 0 and row["share of step"].startswith("TPL (aster) ")
+
+
+def test_vgg_content_loss_needs_real_weights_and_compares_features(tmp_path, monkeypatch):
+    from torchvision import models
+
+    from stisr_lightning.losses.perceptual import VGGPerceptualLoss
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(FileNotFoundError, match=r"no VGG19 ImageNet weights at .*hub/checkpoints/vgg19-dcbb9e9d.pth"):
+        VGGPerceptualLoss()
+    torch.manual_seed(0)
+    weights = tmp_path / "vgg19.pth"
+    torch.save(models.vgg19().state_dict(), weights)  # stands in for the ImageNet file
+    loss = VGGPerceptualLoss(layer="2_2", weights=str(weights))
+    assert len(loss.features) == 9 and isinstance(loss.features[-1], torch.nn.ReLU)  # up to conv2_2's ReLU
+    assert len(VGGPerceptualLoss(weights=str(weights)).features) == 36  # VGG54
+    hr = torch.rand(2, 3, 32, 128)
+    sr = hr.clone().requires_grad_()
+    assert loss({"sr": sr}, {"hr": hr}).item() == 0.0
+    noisy = sr + 0.1 * torch.randn_like(sr)
+    value = loss({"sr": noisy}, {"hr": hr})
+    value.backward()
+    normalize = lambda x: (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(  # noqa: E731
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    by_hand = torch.nn.functional.mse_loss(loss.features(normalize(noisy)) / 12.75, loss.features(normalize(hr)) / 12.75)
+    assert value.item() == pytest.approx(by_hand.item(), rel=1e-5) and value.item() > 0 and sr.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss.features.parameters())
+    with pytest.raises(ValueError, match="layer: expected one of"):
+        VGGPerceptualLoss(layer="3_3", weights=str(weights))

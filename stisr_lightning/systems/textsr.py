@@ -11,7 +11,10 @@ ways to supervise the generator (Sec. 3.3):
 - `joint_scratch`: ASTER and generator trained together from random initialization (no weights allowed).
 In the joint schemes the TPL's gradient reaches ASTER's weights, at `recognizer_lr`.
 
-The SRGAN row of the paper's tables is this system with the TPL weight at 0 (experiments/srgan.yaml).
+The SRGAN row of the paper's tables is this system without the TPL (experiments/srgan.yaml).
+
+Several GPUs: each iteration leaves one network without gradients in each backward pass, so DDP needs
+`--trainer.strategy=ddp_find_unused_parameters_true`.
 """
 
 from __future__ import annotations
