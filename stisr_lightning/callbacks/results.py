@@ -126,7 +126,8 @@ class ResultsWriter(Callback):
         test_seconds = time.perf_counter() - self._test_start
         sizes = pl_module.test_set_sizes
         datamodule = trainer.datamodule
-        data_paths = list(getattr(datamodule, "train_dirs", [])) + [test_set_path(entry) for entry in getattr(datamodule, "test_sets", {}).values()]
+        test_sets = getattr(datamodule, "test_sets", {})
+        data_paths = list(getattr(datamodule, "train_dirs", [])) + [test_set_path(entry) for entry in test_sets.values()]
         metrics = pl_module.test_results
         record = {
             # NaN marks a metric that could not be computed here (LPIPS without its backbone): JSON null, listed.

@@ -8,14 +8,14 @@ from torch import Tensor, nn
 
 
 class ResidualBlock(nn.Module):
-    """conv3x3-BN-PReLU-conv3x3-BN with an identity skip."""
+    """conv3x3-BN-activation-conv3x3-BN with an identity skip (SRGAN's block: PReLU; TextSR's: ReLU)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, activation: type[nn.Module] = nn.PReLU) -> None:
         super().__init__()
         self.body = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.BatchNorm2d(channels),
-            nn.PReLU(),
+            activation(),
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.BatchNorm2d(channels),
         )

@@ -14,6 +14,9 @@ import math
 
 from torch import Tensor, nn
 
+from stisr_lightning.models.blocks.skeleton import check_generator_args
+from stisr_lightning.models.generators.srresnet import ResidualBlock
+
 
 def init_gaussian(module: nn.Module, std: float = 0.02) -> None:
     """TextSR Sec. 4.2: every conv / deconv / linear weight ~ N(0, std), biases 0 (BN keeps its defaults)."""
@@ -29,29 +32,16 @@ def _conv_bn_relu(in_channels: int, channels: int, kernel_size: int) -> list[nn.
             nn.ReLU(inplace=True)]
 
 
-class ResidualBlock(nn.Module):
-    """SRGAN's block: x + BN(conv(ReLU(BN(conv(x)))))."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*_conv_bn_relu(channels, channels, 3),
-                                  nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x + self.body(x)
-
-
 class TextSRGenerator(nn.Module):
     """Args: scale_factor (4 in the paper; one deconvolution per factor 2), num_blocks (16, SRGAN's),
     channels (64), in_channels (3: RGB; 4 with the TextZoom mask channel)."""
 
     def __init__(self, scale_factor: int = 4, num_blocks: int = 16, channels: int = 64, in_channels: int = 3) -> None:
         super().__init__()
-        if scale_factor < 2 or scale_factor & (scale_factor - 1):
-            raise ValueError(f"textsr: scale_factor must be a power of 2, got {scale_factor}")
+        check_generator_args("textsr", scale_factor, in_channels)
         self.scale_factor = scale_factor
         self.head = nn.Sequential(*_conv_bn_relu(in_channels, channels, 9))
-        self.blocks = nn.Sequential(*(ResidualBlock(channels) for _ in range(num_blocks)))
+        self.blocks = nn.Sequential(*(ResidualBlock(channels, activation=nn.ReLU) for _ in range(num_blocks)))
         self.fuse = nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.BatchNorm2d(channels))
         deconvs: list[nn.Module] = []
         for _ in range(int(math.log2(scale_factor))):

@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
-from stisr_lightning.losses.recognition import sequence_nll
 from stisr_lightning.data.charset import PRINTABLE, filter_text
+from stisr_lightning.losses.recognition import sequence_nll
 from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
 from stisr_lightning.models.recognizers.base import (
     RecognitionOutput,
