@@ -139,6 +139,13 @@ class STISRDataModule(L.LightningDataModule):
             sampler = torch.utils.data.RandomSampler(self.train_set, generator=torch.Generator().manual_seed(self.seed))
         return self._loader(self.train_set, self.batch_size, sampler, drop_last=self.drop_last)
 
+    def calibration_dataloader(self, images: int) -> DataLoader:
+        """The first `images` training pairs in a fixed order, the same on every rank: the activation statistics of
+        post-training quantization (ACIQ calibrates on 32 training images)."""
+        self.setup("fit")
+        subset = Subset(self.train_set, range(min(images, len(self.train_set))))
+        return DataLoader(subset, batch_size=self.eval_batch_size, num_workers=0)
+
     def _eval_loader(self, dataset: Dataset) -> DataLoader:
         world, rank = self._world()
         return self._loader(dataset, self.eval_batch_size, UnpaddedDistributedSampler(dataset, world, rank))

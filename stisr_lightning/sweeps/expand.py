@@ -3,7 +3,9 @@ resolve to the same config share one cell, so it is trained once.
 
 An evaluation row's cell runs `stisr-eval` on the checkpoint of the cell it evaluates (same seed), optionally refined
 by a trained TextDiff cell's MRD; its hash covers the test config and the hashes of those cells. An evaluation that
-changes nothing is the evaluated cell itself (fit already tested the best checkpoint).
+changes nothing is the evaluated cell itself (fit already tested the best checkpoint). A cell of an `init_from` row
+trains from the best checkpoint of the same seed's cell of that row (`model.init_args.generator_weights`), whose
+path, and so whose hash, enters its config.
 
 Configs are resolved with stisr-train's own parser (no class is instantiated), which also validates every override
 key and value before anything trains.
@@ -23,6 +25,7 @@ from stisr_lightning.sweeps.spec import SYNTHETIC_SUBSET_NAMES, Preset, Row, Swe
 
 TRAIN_MODULE, EVALUATE_MODULE = "stisr_lightning.cli.train", "stisr_lightning.cli.evaluate"
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a trained cell's run folder (stisr-train's ModelCheckpoint)
+INIT_KEY = "model.init_args.generator_weights"  # where an `init_from` row's cells get their starting checkpoint
 OUT_PLACEHOLDER = "$OUT"
 UNHASHED_KEYS = ("config", "seed_everything", "__path__")  # seed is the cell's second coordinate
 ERROR_HINTS = ("not accepted", "unrecognized", "not a valid", "expected a", "does not exist", "not found", "invalid")
@@ -39,12 +42,13 @@ class Cell:
     members: list[tuple[str, str]] = field(default_factory=list)  # (table id, row name)
     evaluates: str | None = None  # cell id whose checkpoint this cell tests with stisr-eval (instead of training)
     refine_with: str | None = None  # cell id of a trained TextDiff whose MRD refines the output (--refine-with)
+    init_from: str | None = None  # cell id whose checkpoint this cell's training starts from
     keep_checkpoints: bool = False  # other cells evaluate this one: keep its checkpoint whatever the config says
 
     @property
     def needs(self) -> list[str]:
         """Cells that must be done before this one runs."""
-        return [cell_id for cell_id in (self.evaluates, self.refine_with) if cell_id]
+        return [cell_id for cell_id in (self.evaluates, self.refine_with, self.init_from) if cell_id]
 
     @property
     def module(self) -> str:
@@ -217,9 +221,9 @@ class Expander:
         by_row: dict[tuple[str, str], list[str]] = {}
         rows = [(table, row) for table in tables for row in table.rows
                 if wanted is None or (table.id, row.name) in wanted]
-        # trained (and parameter-free) rows first: evaluation rows need their cells
-        for table, row in sorted(rows, key=lambda pair: pair[1].evaluate is not None):
-            built = self._cells(table, row, seeds) if row.evaluate is None else \
+        # trained (and parameter-free) rows first, then rows that start from them, then evaluation rows
+        for table, row in sorted(rows, key=lambda pair: (pair[1].evaluate is not None, pair[1].init_from is not None)):
+            built = self._cells(table, row, seeds, by_row) if row.evaluate is None else \
                 self._evaluation_cells(table, row, cells, by_row)
             for cell in built:
                 cell = cells.setdefault(cell.cell_id, cell)
@@ -231,27 +235,40 @@ class Expander:
         return Expansion(cells, by_row, tables, self.data_dir)
 
     def _with_dependencies(self, tables: list[Table], only: set[str]) -> set[tuple[str, str]]:
-        """--only rows, plus the rows they evaluate."""
-        chosen = {(table.id, row.name): row for table in tables for row in table.rows if row.name in only}
-        for row in list(chosen.values()):
-            if row.evaluate is not None:
-                chosen.update(dict.fromkeys(filter(None, (row.evaluate.of, row.evaluate.refine_with))))
-        return set(chosen)
+        """--only rows, plus the rows they evaluate or start from (and those rows' own starting rows)."""
+        rows = {(table.id, row.name): row for table in tables for row in table.rows}
+        chosen = {key for key, row in rows.items() if row.name in only}
+        for key in list(chosen):
+            row = rows[key]
+            needed = [row.init_from] + ([row.evaluate.of, row.evaluate.refine_with] if row.evaluate else [])
+            for dependency in filter(None, needed):
+                chosen.update(filter(None, (dependency, rows[dependency].init_from)))
+        return chosen
 
     def _overrides(self, table: Table, row: Row) -> tuple[dict[str, Any], dict[str, Any]]:
         """The row's own overrides and the preset data's (train_dirs, test_sets)."""
         data = self.data_overrides(table, row)  # a row's test sets are relocated into the preset's data
         return {k: v for k, v in row.overrides.items() if not (data and k == "data.test_sets")}, data
 
-    def _cells(self, table: Table, row: Row, seeds: list[int]) -> list[Cell]:
+    def _cells(self, table: Table, row: Row, seeds: list[int], by_row: dict[tuple[str, str], list[str]]) -> list[Cell]:
         row_overrides, data = self._overrides(table, row)
         overrides = {**self.preset.overrides_for(row.base), **data, **row_overrides}
+        if row.init_from is None:
+            return [self._cell(table, row, seed, overrides) for seed in seeds]
+        if row.init_from not in by_row:
+            raise SweepSpecError(f"{self._where(table, row)}: init_from {'/'.join(row.init_from)!r}, whose table does "
+                                 f"not run in preset {self.preset.name!r}")
+        starts = by_row[row.init_from]  # one cell per seed, in seed order
+        return [self._cell(table, row, seed, {**overrides, INIT_KEY: str(self.out_dir / "cells" / start / CHECKPOINT)},
+                           init_from=start) for seed, start in zip(seeds, starts)]
+
+    def _cell(self, table: Table, row: Row, seed: int, overrides: dict[str, Any], init_from: str | None = None) -> Cell:
         config = self._resolve(self._where(table, row), row.subcommand, row.base, overrides, row.overrides)
         self._check_columns(table, row, config)
         digest = config_hash(row.subcommand, config, self.out_dir)
         generator = ((config.get("model") or {}).get("init_args") or {}).get("generator") or {}
         self._generators[digest] = str(generator.get("class_path"))
-        return [Cell(f"{digest}-s{seed}", digest, seed, row.subcommand, row.base, overrides) for seed in seeds]
+        return Cell(f"{digest}-s{seed}", digest, seed, row.subcommand, row.base, overrides, init_from=init_from)
 
     def _evaluation_cells(self, table: Table, row: Row, cells: dict[str, Cell],
                           by_row: dict[tuple[str, str], list[str]]) -> list[Cell]:

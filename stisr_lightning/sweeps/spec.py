@@ -19,7 +19,7 @@ PACKAGE_REPO = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = {"name", "paper", "description", "seeds", "vars", "presets", "tables", "reference"}
 TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "notes", "presets"}
-ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand", "evaluate"}
+ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand", "evaluate", "init_from"}
 EVALUATE_KEYS = {"of", "refine_with"}
 COLUMN_KEYS = {"name", "metric", "scale", "group", "decimals", "reference_column"}
 PRESET_KEYS = {"description", "overrides", "base_overrides", "synthetic", "vars"}
@@ -62,6 +62,9 @@ class Row:
     subcommand: str
     overrides: dict[str, Any] = field(default_factory=dict)
     evaluate: Evaluation | None = None
+    init_from: tuple[str, str] | None = None
+    """A trained row whose best checkpoint this row's generator starts from (`model.init_args.generator_weights`):
+    a second training stage, such as fine-tuning a recognizer on a trained SR model's output."""
 
 
 @dataclass(frozen=True)
@@ -188,7 +191,7 @@ def _subcommand(where: str, value: Any) -> str:
 def _row_reference(where: str, value: Any, key: str, table_id: str) -> tuple[str, str]:
     """`TABLE/ROW`, or `ROW` of the same table (a row name may contain '/'; checked when the tables are linked)."""
     if not isinstance(value, str) or not value:
-        raise _fail(where, f"evaluate.{key} must name a row: 'ROW' (this table) or 'TABLE/ROW'")
+        raise _fail(where, f"{key} must name a row: 'ROW' (this table) or 'TABLE/ROW'")
     return (table_id, value)
 
 
@@ -203,13 +206,14 @@ def _evaluation(where: str, entry: dict, table_id: str) -> Evaluation | None:
     if clash:
         raise _fail(where, f"an evaluate row takes `{clash[0]}` from the row it evaluates")
     refine = data.get("refine_with")
-    return Evaluation(_row_reference(where, data["of"], "of", table_id),
-                      None if refine is None else _row_reference(where, refine, "refine_with", table_id))
+    return Evaluation(_row_reference(where, data["of"], "evaluate.of", table_id),
+                      None if refine is None else _row_reference(where, refine, "evaluate.refine_with", table_id))
 
 
-def _link_evaluations(where: str, tables: list[Table]) -> None:
-    """Resolves each evaluation row's references to (table id, row name) and takes its base from the evaluated row.
-    Only trained (`fit`) rows can be evaluated, and not other evaluation rows (one level of dependencies)."""
+def _link_rows(where: str, tables: list[Table]) -> None:
+    """Resolves the row references of evaluation rows and `init_from` rows to (table id, row name); an evaluation
+    row takes its base from the evaluated row. Only trained (`fit`) rows can be evaluated or started from, and not
+    evaluation rows or rows that themselves start from another (one level of dependencies)."""
     rows = {(table.id, row.name): row for table in tables for row in table.rows}
 
     def target(here: str, table_id: str, reference: str, key: str) -> tuple[str, str]:
@@ -217,22 +221,27 @@ def _link_evaluations(where: str, tables: list[Table]) -> None:
         candidates = [(table_id, reference)] + ([(table_part, row_part)] if row_part else [])
         found = next((candidate for candidate in candidates if candidate in rows), None)
         if found is None:
-            raise _fail(here, f"evaluate.{key}: no row {reference!r} (write 'ROW' for this table or 'TABLE/ROW')")
+            raise _fail(here, f"{key}: no row {reference!r} (write 'ROW' for this table or 'TABLE/ROW')")
         row = rows[found]
         if row.evaluate is not None:
-            raise _fail(here, f"evaluate.{key}: {'/'.join(found)!r} is itself an evaluate row (evaluate its `of` row)")
+            raise _fail(here, f"{key}: {'/'.join(found)!r} is itself an evaluate row (name its `of` row)")
+        if row.init_from is not None and key == "init_from":
+            raise _fail(here, f"{key}: {'/'.join(found)!r} itself starts from another row (one stage back only)")
         if row.subcommand != "fit":
-            raise _fail(here, f"evaluate.{key}: {'/'.join(found)!r} is not trained (subcommand {row.subcommand}), so "
+            raise _fail(here, f"{key}: {'/'.join(found)!r} is not trained (subcommand {row.subcommand}), so "
                         "it leaves no checkpoint")
         return found
 
     for table in tables:
         for position, row in enumerate(table.rows):
+            here = f"{where}: table {table.id}: row {row.name!r}"
+            if row.init_from is not None:
+                start = target(here, *row.init_from, "init_from")
+                table.rows[position] = Row(row.name, row.base, row.subcommand, row.overrides, init_from=start)
             if row.evaluate is None:
                 continue
-            here = f"{where}: table {table.id}: row {row.name!r}"
-            of, refine = target(here, *row.evaluate.of, "of"), row.evaluate.refine_with
-            refine = refine and target(here, *refine, "refine_with")
+            of, refine = target(here, *row.evaluate.of, "evaluate.of"), row.evaluate.refine_with
+            refine = refine and target(here, *refine, "evaluate.refine_with")
             table.rows[position] = Row(row.name, rows[of].base, "test", row.overrides, Evaluation(of, refine))
 
 
@@ -245,6 +254,9 @@ def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experime
         here = f"{where}: row {label!r}"
         _check_keys(here, entry, ROW_KEYS, "row")
         evaluation = _evaluation(here, entry, table_id)
+        init_from = _row_reference(here, entry["init_from"], "init_from", table_id) if "init_from" in entry else None
+        if init_from and (evaluation or entry.get("subcommand", subcommand) != "fit"):
+            raise _fail(here, "init_from is for trained (fit) rows: it names the row whose checkpoint training starts from")
         row_base = _base(here, entry["base"], experiments) if "base" in entry else base
         if row_base is None and evaluation is None:
             raise _fail(here, "no base experiment (set `base` on the table or the row)")
@@ -253,7 +265,7 @@ def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experime
         if "grid" not in entry:
             if "name" not in entry or not isinstance(entry["name"], str):
                 raise _fail(here, "a row needs a `name` (or a `grid`)")
-            rows.append(Row(entry["name"], row_base, row_sub, overrides, evaluation))
+            rows.append(Row(entry["name"], row_base, row_sub, overrides, evaluation, init_from))
             continue
         grid = entry["grid"]
         if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
@@ -266,7 +278,7 @@ def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experime
                 name = template.format(**short) if template else ", ".join(f"{k}={v}" for k, v in short.items())
             except (KeyError, IndexError) as error:
                 raise _fail(here, f"grid name template {template!r} uses unknown field {error}") from None
-            rows.append(Row(name, row_base, row_sub, {**overrides, **point}, evaluation))
+            rows.append(Row(name, row_base, row_sub, {**overrides, **point}, evaluation, init_from))
     names = [row.name for row in rows]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
@@ -451,7 +463,7 @@ def load_spec(spec: str | Path) -> SweepSpec:
     ids = [table.id for table in tables]
     if len(set(ids)) != len(ids):
         raise _fail(where, f"duplicate table id {next(i for i in ids if ids.count(i) > 1)!r}")
-    _link_evaluations(where, tables)
+    _link_rows(where, tables)
     reference = data.get("reference", f"references/{data['paper']}.csv")
     if not isinstance(reference, str):
         raise _fail(where, "reference must be a CSV path relative to sweeps/ (table,row,column,value,source)")

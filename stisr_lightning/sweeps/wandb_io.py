@@ -189,9 +189,9 @@ def wandb_sweep_configs(spec: SweepSpec, preset: str, expansion: Expansion, logg
     """One W&B sweep config per (subcommand, base experiment) of the cells: program stisr-train, method grid over
     the cells' dotted overrides and seeds. Keys a cell leaves at the base's value get that value, so every grid point
     resolves to one of our cells. Logging is switched back on (W&B agents need the WandbLogger). Evaluation cells
-    are left out: they test checkpoints that only the engine's run folders hold."""
+    and cells that train from another cell's checkpoint are left out: only the engine's run folders hold those."""
     groups: dict[tuple[str, Path], list[Cell]] = {}
-    for cell in (cell for cell in expansion.cells.values() if not cell.evaluates):
+    for cell in (cell for cell in expansion.cells.values() if not cell.needs):
         groups.setdefault((cell.subcommand, cell.base), []).append(cell)
     configs = []
     for (subcommand, base), cells in groups.items():

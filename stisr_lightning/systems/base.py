@@ -38,6 +38,7 @@ class STISRSystem(LightningModule):
         self,
         generator: nn.Module,
         loss: LossMix | None = None,
+        generator_weights: str | None = None,
         recognizers: dict[str, Recognizer] | None = None,
         fine_tune_recognizers: list[str] | None = None,
         recognizer_weights: dict[str, str] | None = None,
@@ -60,6 +61,8 @@ class STISRSystem(LightningModule):
         Args:
             generator: the SR network, `generator(lr) -> sr`.
             loss: the training loss; None for systems that are only evaluated (bicubic).
+            generator_weights: a file the generator starts from (an official release, e.g. CAR's EDSR `usn.pth`
+                that the EDSR + CDistNet paper fine-tunes, or a suite checkpoint).
             recognizers: named recognizers, evaluated on every test set; frozen unless named in
                 `fine_tune_recognizers`.
             recognizer_weights: name -> weights file (an official release such as `crnn.pth`, `moran.pth`,
@@ -82,6 +85,8 @@ class STISRSystem(LightningModule):
         """
         super().__init__()
         self.generator = generator
+        if generator_weights is not None:
+            load_weights(generator, generator_weights)
         self.loss = loss
         self.recognizers = nn.ModuleDict(recognizers or {})
         self.fine_tune_recognizers = list(fine_tune_recognizers or [])
@@ -281,7 +286,7 @@ class STISRSystem(LightningModule):
             for recognizer in self.recognizers:
                 values[f"{recognizer}/acc"] = float(metrics[f"{recognizer}__acc"].compute())
                 values[f"{recognizer}/ned"] = float(metrics[f"{recognizer}__ned"].compute())
-            per_set[name] = values
+            per_set[name] = {**values, **self.run_metrics()}
         per_set.update(self._subset_averages(per_set, sizes))
         self.test_results = {f"test/{name}/{metric}": v for name, values in per_set.items() for metric, v in values.items()}
         self.test_set_sizes = sizes
@@ -289,6 +294,11 @@ class STISRSystem(LightningModule):
         if self.trainer.is_global_zero:
             for logger in self.loggers:
                 logger.log_metrics(self.test_results, step=self.global_step)
+
+    def run_metrics(self) -> dict[str, float]:
+        """Numbers that describe the tested model rather than a test set (a quantized pipeline's theoretical size);
+        every test set reports them, so tables read them like any other metric."""
+        return {}
 
     def _subset_averages(self, per_set: dict[str, dict[str, float]], sizes: dict[str, int]) -> dict[str, dict[str, float]]:
         """TextZoom reports the average over easy/medium/hard weighted by subset size; do so for every data set
