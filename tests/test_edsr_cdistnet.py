@@ -141,3 +141,21 @@ def test_testing_reports_the_pipelines_theoretical_size_unquantized_and_quantize
     assert results["test/tiny/average/quantization_bits"] == 4
     # the quantized generator's SR differs from the float one's, on the same weights
     assert results["test/tiny/average/psnr"] != pytest.approx(plain.test_results["test/tiny/average/psnr"], abs=1e-6)
+
+
+def test_paper_sizes_of_table_two_follow_from_the_architectures():
+    """The paper's "Model Size (MB)" are megabits: our EDSR + STN (42.58 M parameters), TBSRN (2.98 M) and CDistNet
+    (65.46 M) give its unquantized rows, and every head / body / STN parameter at 4 bits gives its EDSR SR row."""
+    edsr, cdistnet = EDSR(), CDistNet()
+    from stisr_lightning.models.generators.tbsrn import TBSRN
+    from stisr_lightning.quant.apply import quantize_model, theoretical_size_bits
+
+    def mbit(*models):
+        return sum(theoretical_size_bits(model, {}) for model in models) / 1e6
+
+    assert round(mbit(TBSRN(in_channels=3), cdistnet), 1) == 2190.1  # paper 2190.08
+    assert round(mbit(edsr, cdistnet), 2) == 3457.40
+    spec = QuantizationSpec(bits=4, layer_types=("conv", "linear", "norm"), include=("head.*", "body.*", "stn_head.*"),
+                            all_parameters=True, quantize_activations=False)
+    report = quantize_model(edsr, spec)
+    assert round((report.size_bits + theoretical_size_bits(cdistnet, {})) / 1e6, 2) == 2331.32

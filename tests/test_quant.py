@@ -185,6 +185,22 @@ def test_theoretical_size_by_hand():
         theoretical_size_bits(model, {"nope.weight": 4})
 
 
+def test_all_parameters_quantizes_biases_and_norms_per_tensor():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[0].bias.copy_(torch.tensor([0.1, 0.7]))
+        model[1].bias.copy_(torch.tensor([0.0, 0.3]))
+    spec = QuantizationSpec(2, ("conv", "norm"), all_parameters=True, quantize_activations=False)
+    report = quantize_model(model, spec)
+    assert sorted(report.weight_bits) == ["0.bias", "0.weight", "1.bias", "1.weight"]
+    # conv 18 + 2, norm 2 + 2 at 2 bits; the unselected linear (12 + 3) at 32
+    assert report.size_bits == (18 + 2 + 2 + 2) * 2 + 15 * 32
+    # a vector's range is its own min/max: two elements lie exactly on the 2-bit grid's ends
+    torch.testing.assert_close(model[0].bias.detach(), torch.tensor([0.1, 0.7]))
+    torch.testing.assert_close(model[1].bias.detach(), torch.tensor([0.0, 0.3]))
+    torch.testing.assert_close(model[1].weight.detach(), torch.ones(2))  # constant vector: unchanged
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

@@ -39,6 +39,7 @@ LAYER_TYPES: dict[str, tuple[type, ...]] = {
     "linear": (nn.Linear,),
     "attention": (nn.MultiheadAttention, MultiHeadedAttention, CDistNetAttention),
     "feed_forward": (PositionwiseFeedForward,),
+    "norm": (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.LayerNorm, nn.GroupNorm),
 }
 """Layer types of the paper; add a model's own attention / feed-forward classes here to make them one unit."""
 
@@ -65,6 +66,10 @@ class QuantizationSpec:
     bias_correction: bool = True
     variance_correction: bool = False
     bit_allocation: bool = False
+    all_parameters: bool = False
+    """Quantize every parameter of a selected unit (biases and norm scales too, per tensor), not only its weight
+    tensors. The EDSR + CDistNet paper's reported sizes imply it: its EDSR SR row equals every parameter of the
+    head, the body and the STN at 4 bits, the tail at 32."""
 
     def __post_init__(self) -> None:
         for name in ("layer_types", "include", "exclude"):
@@ -134,13 +139,15 @@ def _join(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else prefix or name
 
 
-def _quantized_weights(unit_name: str, unit: nn.Module) -> list[tuple[str, nn.Module, nn.Parameter]]:
-    """(full name, owning module, parameter) of the unit's weight tensors."""
+def _quantized_weights(
+    unit_name: str, unit: nn.Module, all_parameters: bool = False
+) -> list[tuple[str, nn.Module, nn.Parameter]]:
+    """(full name, owning module, parameter) of the unit's weight tensors, or of all its parameters."""
     owners = dict(unit.named_modules())
     weights = []
     for name, param in unit.named_parameters():
         owner_name, _, leaf = name.rpartition(".")
-        if leaf.endswith("weight") and param.dim() >= 2:
+        if all_parameters or (leaf.endswith("weight") and param.dim() >= 2):
             weights.append((_join(unit_name, name), owners[owner_name], param))
     return weights
 
@@ -233,7 +240,7 @@ def quantize_model(
             f"exclude={spec.exclude}"
         )
     units = {name: module for name, module, _ in _units(model)}
-    weights = [w for name in names for w in _quantized_weights(name, units[name])]
+    weights = [w for name in names for w in _quantized_weights(name, units[name], spec.all_parameters)]
 
     hooks: dict[str, _ActivationHook] = {}
     handles: list[RemovableHandle] = []
@@ -265,8 +272,12 @@ def quantize_model(
                 continue
             channel_dim = 1 if isinstance(owner, nn.modules.conv._ConvTransposeNd) else 0
             w = param.detach().float().movedim(channel_dim, 0)
-            w_q, channel_bits = quantize_weight(w, spec.bits, spec.per_channel_weights, spec.bit_allocation)
-            w_q = correct_weight(w, w_q, spec.bias_correction, spec.variance_correction)
+            kernel = w.dim() >= 2  # vectors (biases, norm scales) have no channels: one range per tensor
+            w_q, channel_bits = quantize_weight(w, spec.bits, spec.per_channel_weights and kernel, spec.bit_allocation)
+            if kernel:
+                w_q = correct_weight(w, w_q, spec.bias_correction, spec.variance_correction)
+            else:
+                channel_bits = channel_bits[:1]
             param.copy_(w_q.movedim(0, channel_dim).to(param.dtype))
             weight_bits[name] = channel_bits.mean().item()
             weight_mse[name] = (w_q - w).pow(2).mean().item()
