@@ -224,12 +224,6 @@ class ASTER(TorchRecognizer):
         return texts
 
     @torch.no_grad()
-    def read(self, images: Tensor) -> list[str]:
-        if self.beam_width == 1:
-            return super().read(images)
-        return self.ids_to_text(self.beam_search(self.encode(images), self.beam_width))
-
-    @torch.no_grad()
     def beam_search(self, feats: Tensor, beam_width: int) -> Tensor:
         """Beam search over the batch, (N, T, 512) -> (N, max_len) ids of the best hypothesis.
 

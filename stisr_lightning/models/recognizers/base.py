@@ -73,8 +73,14 @@ class TorchRecognizer(Recognizer):
         """The recognizer's own training objective, used by the suite's recognizer recipes."""
         raise NotImplementedError(f"{type(self).__name__} has no training objective")
 
+    beam_width: int = 1
+    """Attention decoders with a beam search (ASTER, CDistNet) set it and implement `encode(images)`,
+    `beam_search(features, beam_width) -> ids` and `ids_to_text(ids)`; `forward` stays greedy and differentiable."""
+
     @torch.no_grad()
     def read(self, images: Tensor) -> list[str]:
+        if self.beam_width > 1:
+            return self.ids_to_text(self.beam_search(self.encode(images), self.beam_width))
         return self.decode(self(images).logits)
 
 

@@ -172,12 +172,6 @@ class CDistNet(TorchRecognizer):
         return texts
 
     @torch.no_grad()
-    def read(self, images: Tensor) -> list[str]:
-        if self.beam_width == 1:
-            return super().read(images)
-        return self.ids_to_text(self.beam_search(self.encode(images), self.beam_width))
-
-    @torch.no_grad()
     def beam_search(self, memory: Tensor, beam_width: int) -> Tensor:
         """The official `Translator` over the whole batch: (N, S, d) -> (N, L) ids of the best hypothesis.
 
