@@ -123,8 +123,11 @@ def _size(module):
 
 def test_testing_reports_the_pipelines_theoretical_size_unquantized_and_quantized(tiny_textzoom, tmp_path):
     data = _data(tiny_textzoom)
-    plain = _system()
+    plain = _system(subset_average="mean")
     _trainer(tmp_path).test(plain, datamodule=data)
+    # the paper's Avg. is the plain mean of the subsets (here 6 easy and 4 medium images)
+    psnr = [plain.test_results[f"test/tiny/{subset}/psnr"] for subset in ("easy", "medium")]
+    assert plain.test_results["test/tiny/average/psnr"] == pytest.approx(sum(psnr) / 2)
     full_bits = _size(plain.generator) + _size(plain.recognizers["cdistnet"])
     results = plain.test_results
     assert results["test/tiny/easy/model_size_mbit"] == pytest.approx(full_bits / 1e6)

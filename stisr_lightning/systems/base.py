@@ -8,7 +8,7 @@ Papers subclass it and override only the hook that differs:
 from __future__ import annotations
 
 from time import perf_counter
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
@@ -51,6 +51,7 @@ class STISRSystem(LightningModule):
         lr_decay_epochs: int | None = None,
         lr_decay_gamma: float = 0.5,
         psnr_batch_averaged: bool = False,
+        subset_average: Literal["weighted", "mean"] = "weighted",
         lpips_net: str | None = None,
         fid_recognizer: str | None = None,
         sample_count: int = 8,
@@ -72,6 +73,8 @@ class STISRSystem(LightningModule):
                 `lr` (LEMMA fine-tunes its ABINet prior at 1e-4: `{position_prior: 1.0e-4}`).
             lr_decay_epochs: StepLR period in epochs (the TextZoom-family recipes halve once at epoch 400).
             psnr_batch_averaged: reproduce the official per-batch PSNR/SSIM averaging instead of per image.
+            subset_average: how `<dataset>/average` combines the subsets: weighted by their sizes (TextZoom's
+                protocol) or their plain mean (the EDSR + CDistNet paper's "Avg.": (80.48 + 64.99 + 50.63) / 3).
             lpips_net: also report LPIPS with this backbone ('vgg' as LEMMA, 'alex'); needs the ImageNet backbone in
                 the torch hub cache, and reports "not available" (NaN) without it.
             fid_recognizer: also report `fid_text`, the Frechet distance between SR and HR in this (differentiable)
@@ -112,6 +115,9 @@ class STISRSystem(LightningModule):
                 raise ValueError(f"generator_group_lrs: {type(generator).__name__} has no submodule {name!r}") from None
         self.lr_decay_epochs, self.lr_decay_gamma = lr_decay_epochs, lr_decay_gamma
         self.psnr_batch_averaged = psnr_batch_averaged
+        if subset_average not in ("weighted", "mean"):
+            raise ValueError(f"subset_average must be 'weighted' or 'mean', got {subset_average!r}")
+        self.subset_average = subset_average
         self.lpips_net = lpips_net
         self.fid_recognizer = fid_recognizer
         self.sample_count = sample_count
@@ -301,8 +307,8 @@ class STISRSystem(LightningModule):
         return {}
 
     def _subset_averages(self, per_set: dict[str, dict[str, float]], sizes: dict[str, int]) -> dict[str, dict[str, float]]:
-        """TextZoom reports the average over easy/medium/hard weighted by subset size; do so for every data set
-        whose test sets are named '<dataset>/<subset>' with more than one subset."""
+        """The average over easy/medium/hard (weighted by subset size, or their plain mean: `subset_average`) for
+        every data set whose test sets are named '<dataset>/<subset>' with more than one subset."""
         datasets: dict[str, list[str]] = {}
         for name in self.test_set_names:
             if "/" in name:
@@ -310,8 +316,9 @@ class STISRSystem(LightningModule):
         averages = {}
         for dataset, names in datasets.items():
             if len(names) > 1:
+                weights = {n: sizes[n] if self.subset_average == "weighted" else 1 for n in names}
                 averages[f"{dataset}/average"] = {
-                    metric: weighted_average({n: per_set[n][metric] for n in names}, {n: sizes[n] for n in names})
+                    metric: weighted_average({n: per_set[n][metric] for n in names}, weights)
                     for metric in per_set[names[0]]
                     if metric not in NON_ADDITIVE_METRICS
                 }
