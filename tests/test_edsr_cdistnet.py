@@ -187,3 +187,9 @@ def test_two_process_ddp_fine_tunes_cdistnet_and_tests_it_quantized(tiny_textzoo
     assert record["world_size"] == 2 and record["global_step"] == 2
     assert record["metrics"]["test/tiny/easy/quantization_bits"] == 4
     assert 0 < record["metrics"]["test/tiny/easy/model_size_mbit"]
+
+
+def test_bench_builds_the_pipelines_reader_greedy_and_with_the_official_beam():
+    from stisr_lightning.cli.bench import build_recognizer
+
+    assert [build_recognizer(name).beam_width for name in ("cdistnet", "cdistnet-beam10")] == [1, 10]

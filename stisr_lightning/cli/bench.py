@@ -2,7 +2,7 @@
 
     stisr-bench read data/synthetic/train --workers 2
     stisr-bench synth --count 2000 --workers 2
-    stisr-bench recognize --recognizers ppocr easyocr tesseract
+    stisr-bench recognize --recognizers ppocr easyocr tesseract cdistnet cdistnet-beam10
     stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --bf16 --channels-last]
         [--compile generator.forward_with_prior loss.terms.text_focus.recognizer.encoder --compile-mode reduce-overhead]
     stisr-bench sample --steps 5 200 --batch-size 16 [--device cuda] [--compile-mode reduce-overhead]
@@ -94,6 +94,9 @@ def build_recognizer(name: str):
     if name == "tesseract":
         from stisr_lightning.models.recognizers.tesseract import TesseractRecognizer
         return TesseractRecognizer()
+    if name in ("cdistnet", "cdistnet-beam10"):  # the EDSR + CDistNet pipeline's reader: greedy, official beam
+        from stisr_lightning.models.recognizers.cdistnet import CDistNet
+        return CDistNet(beam_width=10 if name.endswith("beam10") else 1)
     raise SystemExit(f"stisr-bench: unknown recognizer {name!r}")
 
 
