@@ -64,3 +64,24 @@ def test_aster_teacher_forced_loss_decreases_and_its_recipe_saves_loadable_weigh
         "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
     ])
     ASTER().load_state_dict(torch.load(tmp_path / "aster.pth", weights_only=True))
+
+
+def test_inverse_sqrt_schedule_is_cdistnets_scheduled_optim():
+    import pytest
+
+    system = RecognizerSystem(CRNN(charset="ab", hidden_size=32), lr=512**-0.5, betas=(0.9, 0.98), eps=1e-9,
+                              lr_schedule="inverse_sqrt", warmup_steps=4)
+    config = system.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
+    seen = []
+    for _ in range(8):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # ScheduledOptim at its k-th update: 512^-0.5 * min(k^-0.5, k * 4^-1.5), rising to the peak at k = 4
+    expected = [512**-0.5 * min(k**-0.5, k * 4**-1.5) for k in range(1, 9)]
+    assert seen == pytest.approx(expected)
+    assert max(seen) == pytest.approx(512**-0.5 / 2) and seen.index(max(seen)) == 3
+    with pytest.raises(ValueError, match="lr_schedule must be"):
+        RecognizerSystem(CRNN(charset="ab", hidden_size=32), lr_schedule="cosine")

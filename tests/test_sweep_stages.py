@@ -3,10 +3,10 @@
 import os
 
 import pytest
+from test_sweep_evaluations import COLUMNS, write_spec
 
 from stisr_lightning.sweeps.expand import CHECKPOINT, INIT_KEY, Expander
 from stisr_lightning.sweeps.spec import SweepSpecError, load_spec
-from test_sweep_evaluations import COLUMNS, write_spec
 
 os.environ["WANDB_MODE"] = "disabled"
 

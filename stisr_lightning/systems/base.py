@@ -23,7 +23,6 @@ from stisr_lightning.metrics.recognition import NormalizedEditDistance, WordAccu
 from stisr_lightning.models.recognizers.base import Recognizer
 from stisr_lightning.weights import load_weights
 
-
 NON_ADDITIVE_METRICS = {"fid_text"}
 """A Frechet distance of the union is not a weighted mean of the subsets' distances: no average is reported."""
 
