@@ -25,8 +25,10 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from stisr_lightning.diffusion.tables import ScheduleTables
 
-class ResidualDiffusionScheduler:
+
+class ResidualDiffusionScheduler(ScheduleTables):
     """Linear-beta Gaussian diffusion with x0- or noise-prediction and DDIM/DDPM reverse steps.
 
     Args:
@@ -88,19 +90,6 @@ class ResidualDiffusionScheduler:
         device = self.timesteps.device  # "cuda" -> "cuda:0", the key samples will look up
         for name in _STEP_TABLES:
             self._table(name, device)
-
-    def _table(self, name: str, device: torch.device) -> Tensor:
-        """A schedule table on `device`, copied once per device (never inside the sampling loop)."""
-        key = (name, device)
-        if key not in self._device_tables:
-            self._device_tables[key] = getattr(self, name).to(device)
-        return self._device_tables[key]
-
-    def _coefficient(self, name: str, t: Tensor | int, like: Tensor) -> Tensor:
-        """table[t] shaped to broadcast over `like`; index_select keeps a device index on the device (no sync)."""
-        table = self._table(name, like.device)
-        index = torch.as_tensor(t, device=table.device).reshape(-1)
-        return table.index_select(0, index).to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """q(x_t | x0) = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) noise; timesteps (N,) or scalar."""

@@ -36,10 +36,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from stisr_lightning.diffusion.tables import ScheduleTables
+
 _SPACINGS = ("trailing", "leading")
 
 
-class ResShiftScheduler:
+class ResShiftScheduler(ScheduleTables):
     """Residual-shifting chain with an x0-predicting network (the paper's f_theta; official `predict_type: xstart`).
 
     Args:
@@ -118,19 +120,6 @@ class ResShiftScheduler:
         device = self.timesteps.device  # "cuda" -> "cuda:0", the key samples will look up
         for name in _STEP_TABLES:
             self._table(name, device)
-
-    def _table(self, name: str, device: torch.device) -> Tensor:
-        """A schedule table on `device`, copied once per device (never inside the sampling loop)."""
-        key = (name, device)
-        if key not in self._device_tables:
-            self._device_tables[key] = getattr(self, name).to(device)
-        return self._device_tables[key]
-
-    def _coefficient(self, name: str, t: Tensor | int, like: Tensor) -> Tensor:
-        """table[t] shaped to broadcast over `like`; index_select keeps a device index on the device (no sync)."""
-        table = self._table(name, like.device)
-        index = torch.as_tensor(t, device=table.device).reshape(-1)
-        return table.index_select(0, index).to(like.dtype).reshape(-1, *([1] * (like.dim() - 1)))
 
     def add_noise(self, original_samples: Tensor, degraded_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """q(x_t | x0, y) = x0 + eta_t (y - x0) + kappa sqrt(eta_t) noise; timesteps (N,) or scalar."""
