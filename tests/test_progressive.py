@@ -1,0 +1,53 @@
+"""Progressive data sampling (text ResShift paper): which LR source each pair uses, by training step."""
+
+import pytest
+import torch
+
+from stisr_lightning.data.degradations import bsrgan_degradation
+from stisr_lightning.data.progressive import ProgressiveSampling, progressive_lr
+
+
+def test_the_three_stages_and_the_ablation():
+    sampling = ProgressiveSampling()
+    assert sampling.probabilities(0) == sampling.probabilities(9_999) == (0.0, 1.0, 0.0)  # x0_hat only
+    assert sampling.probabilities(10_000) == sampling.probabilities(19_999) == (0.5, 0.5, 0.0)  # y or x0_hat
+    assert sampling.probabilities(20_000) == pytest.approx((1 / 3, 1 / 3, 1 / 3))  # y_hat joins
+    assert ProgressiveSampling(final_mix=(2, 1, 1)).probabilities(400_000) == (0.5, 0.25, 0.25)
+    assert ProgressiveSampling(enabled=False).probabilities(0) == (1.0, 0.0, 0.0)
+
+
+def test_sources_follow_the_stage_probabilities_and_are_seeded():
+    sampling, ids = ProgressiveSampling(first_stage_steps=2, second_stage_steps=3), torch.arange(6000)
+    assert sampling.sources(1, ids, seed=0).unique().tolist() == [1]
+    mixed = sampling.sources(3, ids, seed=0)
+    assert set(mixed.unique().tolist()) == {0, 1} and abs(mixed.eq(0).float().mean().item() - 0.5) < 0.03
+    final = sampling.sources(5, ids, seed=0)
+    assert all(abs(final.eq(k).float().mean().item() - 1 / 3) < 0.03 for k in range(3))
+    assert torch.equal(final, sampling.sources(5, ids, seed=0))
+    assert not torch.equal(final, sampling.sources(6, ids, seed=0))  # every step draws anew
+    assert not torch.equal(final, sampling.sources(5, ids, seed=1))
+
+
+def test_lr_batch_mixes_real_and_degraded_sources_reproducibly():
+    torch.manual_seed(0)
+    hr, lr, ids = torch.rand(12, 3, 32, 128), torch.rand(12, 3, 16, 64), torch.arange(100, 112)
+    sampling = ProgressiveSampling(first_stage_steps=0, second_stage_steps=0)
+    out, sources = progressive_lr(hr, lr, 7, ids, 3, sampling)
+    assert out.shape == lr.shape and set(sources.tolist()) == {0, 1, 2}
+    real, from_hr, from_lr = (sources == k for k in range(3))
+    assert torch.equal(out[real], lr[real])
+    step_seed = (3 << 32) | 7
+    torch.testing.assert_close(out[from_hr], bsrgan_degradation(hr[from_hr], step_seed + 1, ids[from_hr], scale=2))
+    torch.testing.assert_close(out[from_lr], bsrgan_degradation(lr[from_lr], step_seed + 2, ids[from_lr], scale=1))
+    again, _ = progressive_lr(hr, lr, 7, ids, 3, sampling)
+    assert torch.equal(out, again)
+
+
+def test_bad_settings_are_one_line_errors():
+    with pytest.raises(ValueError, match="final_mix must be 3 non-negative weights"):
+        ProgressiveSampling(final_mix=(1, 1))
+    with pytest.raises(ValueError, match="stage lengths must be >= 0, got -1"):
+        ProgressiveSampling(first_stage_steps=-1)
+    with pytest.raises(ValueError, match="got 4 / 4 channels"):
+        progressive_lr(torch.rand(1, 4, 32, 128), torch.rand(1, 4, 16, 64), 0, torch.arange(1), 0,
+                       ProgressiveSampling())
