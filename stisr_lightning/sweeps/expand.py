@@ -241,8 +241,8 @@ class Expander:
         for key in list(chosen):
             row = rows[key]
             needed = [row.init_from] + ([row.evaluate.of, row.evaluate.refine_with] if row.evaluate else [])
-            for dependency in filter(None, needed):
-                chosen.update(filter(None, (dependency, rows[dependency].init_from)))
+            for dependency in filter(None, needed):  # one not in this preset's tables fails later, by name
+                chosen.update(filter(None, (dependency, getattr(rows.get(dependency), "init_from", None))))
         return chosen
 
     def _overrides(self, table: Table, row: Row) -> tuple[dict[str, Any], dict[str, Any]]:
