@@ -110,6 +110,13 @@ def shifted_window_mask(size: tuple[int, int], window: int, shift: int, resshift
     return torch.zeros_like(diff).masked_fill(diff != 0, MASK_VALUE)
 
 
+@lru_cache(maxsize=64)
+def _mask_on(size: tuple[int, int], window: int, shift: int, resshift_compat: bool, device: torch.device,
+             dtype: torch.dtype) -> Tensor:
+    """The mask made once per device and dtype: no host-to-device copy in every forward (every diffusion step)."""
+    return shifted_window_mask(size, window, shift, resshift_compat).to(device, dtype)
+
+
 class WindowAttention(nn.Module):
     """Multi-head self-attention inside windows with a learned relative position bias (W-MSA / SW-MSA)."""
 
@@ -207,9 +214,7 @@ class SwinTransformerBlock(nn.Module):
         size = tuple(x.shape[-2:])
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(2, 3))
-        mask = self.calculate_mask(size)
-        if mask is not None:
-            mask = mask.to(x.device, x.dtype)
+        mask = _mask_on(size, ws, shift, self.resshift_mask, x.device, x.dtype) if shift else None
         windows = self.attn(window_partition(x, ws).reshape(-1, ws * ws, c), mask=mask)
         x = window_reverse(windows.view(-1, ws, ws, c), ws, *size)
         if shift:
