@@ -1,6 +1,9 @@
 """Deterministic stand-ins for tests whose expected numbers must be computable by hand."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -42,3 +45,29 @@ def random_official_state(
             value = torch.randn(shape, generator=generator) * scale
         state[prefix + key] = value
     return state
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_run_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
+    """Data, trainer and output options of a quick run on the `tiny_textzoom` fixture; `extra` options come last and
+    win over these."""
+    return [
+        f"--data.train_dirs=[{root / 'train'}]",
+        f'--data.test_sets={{"tiny/easy": {root / "test" / "easy"}, "tiny/medium": {root / "test" / "medium"}}}',
+        "--data.num_workers=0",
+        "--data.batch_size=4",
+        "--data.eval_batch_size=3",
+        f"--trainer.default_root_dir={run_dir}",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.logger=false",
+        *extra,
+    ]
+
+
+def run_command(module: str, *args: str) -> subprocess.CompletedProcess:
+    """`python -m module args` from the repository, as a user runs it (DDP tests need real processes)."""
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(REPO / "tests"))
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600, check=False)

@@ -2,39 +2,19 @@
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from fakes import run_command, tiny_run_args
 
 from stisr_lightning.cli.train import STISRCLI
 
-REPO = Path(__file__).resolve().parents[1]
 FAKE_RECOGNIZER = "--model.init_args.recognizers={brightness: {class_path: fakes.BrightnessRecognizer}}"
 
 
 def tiny_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [
-        FAKE_RECOGNIZER,
-        f"--data.train_dirs=[{root / 'train'}]",
-        f'--data.test_sets={{"tiny/easy": {root / "test" / "easy"}, "tiny/medium": {root / "test" / "medium"}}}',
-        "--data.num_workers=0",
-        "--data.batch_size=4",
-        "--data.eval_batch_size=3",
-        f"--trainer.default_root_dir={run_dir}",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.logger=false",
-        *extra,
-    ]
-
-
-def run_command(module: str, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(REPO / "tests"))
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
+    return [FAKE_RECOGNIZER, *tiny_run_args(root, run_dir, *extra)]
 
 
 def test_fit_then_test_writes_run_directory(tiny_textzoom, tmp_path):

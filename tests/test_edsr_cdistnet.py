@@ -168,20 +168,20 @@ def test_two_process_ddp_fine_tunes_cdistnet_and_tests_it_quantized(tiny_textzoo
     """Plain DDP (no unused-parameter search): CDistNet's never-called official parameters are frozen, and every
     rank quantizes identically from the same calibration images."""
     import json
-    import subprocess
-    import sys
 
-    test_sets = f'{{"tiny/easy": {tiny_textzoom / "test" / "easy"}}}'
-    args = ["fit", "--config", "experiments/edsr_cdistnet.yaml", f"--data.train_dirs=[{tiny_textzoom / 'train'}]",
-            f"--data.test_sets={test_sets}", "--data.num_workers=0", "--data.batch_size=2", "--data.eval_batch_size=3",
-            "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
-            "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
-            "--model.init_args.generator.init_args.num_blocks=1", "--model.init_args.generator.init_args.channels=8",
-            "--model.init_args.calibration_images=4", "--model.init_args.quantize_sr={bits: 4}",
-            *(f"--model.init_args.recognizers.cdistnet.init_args.{key}={value}" for key, value in TINY_CDISTNET.items())]
-    result = subprocess.run([sys.executable, "-m", "stisr_lightning.cli.train", *args], check=False, capture_output=True,
-                            text=True, env=dict(os.environ, WANDB_MODE="disabled"), timeout=600)
+    from fakes import run_command, tiny_run_args
+
+    tiny_cdistnet = (f"--model.init_args.recognizers.cdistnet.init_args.{key}={value}"
+                     for key, value in TINY_CDISTNET.items())
+    result = run_command("stisr_lightning.cli.train", "fit", "--config", "experiments/edsr_cdistnet.yaml",
+                         *tiny_run_args(
+                             tiny_textzoom, tmp_path, "--data.batch_size=2", "--trainer.max_steps=2",
+                             "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
+                             "--trainer.strategy=ddp", "--trainer.devices=2", "--trainer.accelerator=cpu",
+                             "--model.init_args.generator.init_args.num_blocks=1",
+                             "--model.init_args.generator.init_args.channels=8",
+                             "--model.init_args.calibration_images=4", "--model.init_args.quantize_sr={bits: 4}",
+                             *tiny_cdistnet))
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["world_size"] == 2 and record["global_step"] == 2

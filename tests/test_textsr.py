@@ -190,21 +190,16 @@ def test_vgg_content_loss_needs_real_weights_and_compares_features(tmp_path, mon
 
 def test_two_process_ddp_trains_textsr_with_unused_parameter_detection(tiny_textzoom, tmp_path):
     import json
-    import os
-    import subprocess
-    import sys
 
-    test_sets = f'{{"tiny/easy": {tiny_textzoom / "test" / "easy"}}}'
-    args = ["fit", "--config", "experiments/textsr.yaml", f"--data.train_dirs=[{tiny_textzoom / 'train'}]",
-            f"--data.test_sets={test_sets}", "--data.num_workers=0", "--data.batch_size=2", "--data.eval_batch_size=3",
-            "--trainer.max_steps=2", "--trainer.val_check_interval=2", "--trainer.limit_val_batches=1",
-            "--trainer.logger=false", "--trainer.enable_progress_bar=false", f"--trainer.default_root_dir={tmp_path}",
-            "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.devices=2", "--trainer.accelerator=cpu",
-            "--model.init_args.generator.init_args.num_blocks=1",
-            '--model.init_args.recognizers={"aster": {"class_path": "stisr_lightning.models.recognizers.aster.ASTER", '
-            '"init_args": {"beam_width": 1, "max_len": 4}}}']
-    result = subprocess.run([sys.executable, "-m", "stisr_lightning.cli.train", *args], capture_output=True, text=True,
-                            env=dict(os.environ, WANDB_MODE="disabled"), timeout=600)
+    from fakes import run_command, tiny_run_args
+
+    result = run_command("stisr_lightning.cli.train", "fit", "--config", "experiments/textsr.yaml", *tiny_run_args(
+        tiny_textzoom, tmp_path, f'--data.test_sets={{"tiny/easy": {tiny_textzoom / "test" / "easy"}}}',
+        "--data.batch_size=2", "--trainer.max_steps=2", "--trainer.val_check_interval=2",
+        "--trainer.limit_val_batches=1", "--trainer.strategy=ddp_find_unused_parameters_true", "--trainer.devices=2",
+        "--trainer.accelerator=cpu", "--model.init_args.generator.init_args.num_blocks=1",
+        '--model.init_args.recognizers={"aster": {"class_path": "stisr_lightning.models.recognizers.aster.ASTER", '
+        '"init_args": {"beam_width": 1, "max_len": 4}}}'))
     assert result.returncode == 0, result.stderr[-3000:]
     record = json.loads((tmp_path / "results.json").read_text())
     assert record["world_size"] == 2 and record["global_step"] == 2
