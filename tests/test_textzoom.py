@@ -1,4 +1,5 @@
 import io
+import json
 import pickle
 
 import lmdb
@@ -12,6 +13,7 @@ from stisr_lightning.data.textzoom import (
     CorruptRecordError,
     TextZoomLMDB,
     encode_image,
+    hr_legibility,
     image_to_tensor,
     inspect_lmdb,
     write_str_lmdb,
@@ -135,6 +137,38 @@ def test_inspect_reports_sizes_charset_and_unreadable(tmp_path, pairs):
     assert report["hr_sizes"] == {"32x128": 2} and report["lr_sizes"] == {"16x64": 3}
     assert report["charset"] == "".join(sorted(set("Hello!a b-cX9")))
     assert report["unreadable"] == ["image_hr-000000001"]
+    assert report["blank_hr"] == 0 and report["low_contrast_hr"] == 0  # random pixels; the unreadable HR not counted
+
+
+def _text_like(grey_levels, ink=0.2, seed=0):
+    """32x128 RGB: background at grey_levels[0], a random `ink` fraction of pixels at grey_levels[1]."""
+    pixels = np.full((32, 128, 3), grey_levels[0], dtype=np.uint8)
+    pixels[np.random.default_rng(seed).random((32, 128)) < ink] = grey_levels[1]
+    return pixels
+
+
+def test_hr_legibility_flags_blank_and_low_contrast():
+    assert hr_legibility(np.full((32, 128, 3), (30, 160, 90), dtype=np.uint8)) == (True, False)
+    assert hr_legibility(_text_like((200, 40))) == (False, False)
+    assert hr_legibility(_text_like((200, 180))) == (False, True)  # 20 grey levels apart: faint text
+    assert hr_legibility(_text_like((200, 40), ink=0.03)) == (False, False)  # thin text still counts
+    assert hr_legibility(_text_like((200, 40), ink=0.002)) == (False, True)  # 8 stray dark pixels on a flat HR
+
+
+def test_inspect_counts_blank_and_low_contrast_hr(tmp_path, capsys):
+    from stisr_lightning.cli.data import main
+
+    lr = Image.fromarray(_text_like((200, 40))[::2, ::2])
+    hrs = [_text_like((200, 40)), np.full((32, 128, 3), 77, dtype=np.uint8), _text_like((90, 100)),
+           _text_like((250, 0), seed=1)]
+    write_textzoom_lmdb(tmp_path / "db", [(Image.fromarray(hr), lr, "ab") for hr in hrs])
+    report = inspect_lmdb(tmp_path / "db")
+    assert report["blank_hr"] == 1 and report["low_contrast_hr"] == 1
+    main(["inspect", str(tmp_path / "db")])
+    assert "blank HR (grey std < 2/255): 1; low-contrast HR" in capsys.readouterr().out
+    main(["inspect", str(tmp_path / "db"), "--json"])
+    printed = json.loads(capsys.readouterr().out)
+    assert (printed["blank_hr"], printed["low_contrast_hr"]) == (1, 1)
 
 
 @pytest.mark.parametrize("mode, image_format", [("RGB", "PNG"), ("L", "PNG"), ("P", "PNG"), ("RGBA", "PNG"),

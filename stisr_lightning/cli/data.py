@@ -8,7 +8,7 @@ import time
 
 from stisr_lightning.data.str_benchmarks import materialize_str_benchmark
 from stisr_lightning.data.synthetic import make_synthetic
-from stisr_lightning.data.textzoom import inspect_lmdb
+from stisr_lightning.data.textzoom import BLANK_STD, LOW_CONTRAST_RANGE, inspect_lmdb
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--str-test", type=int, default=0, help="size of out/str_synth (LEMMA STR degradation)")
     synthetic.add_argument("--hr-size", type=_size, default=(32, 128), help="HxW, e.g. 32x128")
     synthetic.add_argument("--scale", type=int, default=2)
-    inspect = commands.add_parser("inspect", help="counts, sizes, charset and unreadable records of an LMDB")
+    inspect = commands.add_parser("inspect", help="counts, sizes, charset, unreadable records, blank and "
+                                                  "low-contrast HR images of an LMDB")
     inspect.add_argument("path")
     inspect.add_argument("--json", action="store_true")
     benchmark = commands.add_parser("make-str-benchmark", help="select small crops, degrade once, write HR/LR LMDB")
@@ -60,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
             print("LR sizes (HxW):", ", ".join(f"{k}: {v}" for k, v in list(report["lr_sizes"].items())[:10]))
         print(f"label charset ({len(report['charset'])}): {report['charset']}")
         print(f"unreadable records ({len(report['unreadable'])}):", " ".join(report["unreadable"][:50]))
+        print(f"blank HR (grey std < {BLANK_STD:g}/255): {report['blank_hr']}; low-contrast HR (2nd..98th percentile "
+              f"grey range < {LOW_CONTRAST_RANGE:g}/255): {report['low_contrast_hr']}")
     else:
         counts = materialize_str_benchmark(args.src, args.out, seed=args.seed)
         print(", ".join(f"{k}: {v}" for k, v in counts.items()))

@@ -4,6 +4,10 @@ Every sample is a pure function of (seed, split, index): its text, font, colours
 `random.Random` seeded with those, and its degradation from `SampleRNG` with the same id. So the output does not
 depend on the number of workers, and the same seed gives byte-identical LMDB files on a machine with the same fonts
 and word list.
+
+Every HR is legible by construction: fonts must map each character `random_text` can produce to its own glyph, the
+margins absorb the tilt and perspective jitter, and a rendering that still fails the legibility gate (ink on the
+canvas edge, too little ink, blank or low contrast) is drawn again from the sample's own stream.
 """
 
 from __future__ import annotations
@@ -22,16 +26,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fontTools import agl
+from fontTools.ttLib import TTFont
 from PIL import Image, ImageDraw, ImageFont
 from tqdm import tqdm
 
 from stisr_lightning.data.degradations import LEVELS, degrade_level
 from stisr_lightning.data.str_benchmarks import lemma_degrade_arrays
-from stisr_lightning.data.textzoom import write_textzoom_lmdb
+from stisr_lightning.data.textzoom import hr_legibility, write_textzoom_lmdb
 
 FONT_DIRS = ("/usr/share/fonts", "/usr/local/share/fonts", "~/.fonts", "~/.local/share/fonts")
-_UNUSABLE_FONT_WORDS = ("symbol", "dingbat", "d050000l", "math", "emoji", "cmex", "cmsy", "cmmi", "stixsize",
-                        "stixnonuni", "z003", "lastresort")
 _FALLBACK_WORDS = (
     "the of and to in is you that it he was for on are as with his they at be this have from or one had by word but "
     "not what all were we when your can said there use an each which she do how their if will up other about out many "
@@ -43,12 +47,42 @@ _FALLBACK_WORDS = (
     "went men read need land different home us move try kind hand picture again change off play spell air away animal "
     "house point page letter mother answer found study still learn should america world hotel coffee street open exit"
 ).split()
+_NUMBER_PREFIXES = ("", "$", "#", "No.")
+_NUMBER_SUFFIXES = ("", "", "%", ".00", "km")
+_AFFIXES = (("", "!"), ("", "."), ("(", ")"), ('"', '"'), ("", "'s"), ("", ","), ("@", ""), ("", "?"), ("", "-"),
+            ("&", ""), ("", ":"))
+TEXT_CHARS = "".join(sorted(set(string.ascii_letters + string.digits + "".join(_NUMBER_PREFIXES + _NUMBER_SUFFIXES)
+                                + "".join(prefix + suffix for prefix, suffix in _AFFIXES))))
+"""Every character `random_text` can produce (dictionary words are ASCII letters)."""
 SPLIT_IDS = {"train": 0, "easy": 1, "medium": 2, "hard": 3, "str_synth": 4}
 """Each split draws its samples from its own id range, so train and test never share a sample."""
+RENDER_ATTEMPTS = 8
+"""Renderings drawn per sample before `render_legible` gives up. With the fonts `discover_fonts` keeps, 20,000 train
+and 20,000 str_synth samples all passed at the first; the retry guards fonts and words passed in by the caller."""
+_MIN_INK = 0.03
+"""Least mean glyph coverage of the canvas: below it the text is a speck (or the font drew nothing)."""
+
+
+@lru_cache(maxsize=None)
+def renders_text_chars(font_path: str) -> bool:
+    """Whether the font's cmap maps every character of TEXT_CHARS, each letter and digit to the glyph named for it.
+
+    Display, size-variant and non-Unicode fonts (matplotlib's DejaVu*Display, STIXSiz*, STIXNonUni*) lack Latin
+    entries and would render blank; symbol, dingbat, TeX math and last-resort fonts map ASCII to other glyphs ('a'
+    to 'alpha', 'a60', 'turnstileright', a box) and would render the wrong text. A file fontTools cannot read is
+    unusable too."""
+    try:
+        cmap = TTFont(font_path, fontNumber=0, lazy=True).getBestCmap() or {}
+    except Exception:  # noqa: BLE001 -- any parse failure (TTLibError, struct.error, ...) means the font is unusable
+        return False
+    if any(ord(char) not in cmap for char in TEXT_CHARS):
+        return False
+    return all(agl.toUnicode(cmap[ord(char)]) == char for char in TEXT_CHARS if char.isalnum())
 
 
 def discover_fonts(extra_dirs: Sequence[str] = ()) -> list[str]:
-    """TrueType/OpenType files with Latin glyphs from the standard font folders and matplotlib, sorted."""
+    """TrueType/OpenType files from the standard font folders and matplotlib that render every character
+    `random_text` can produce (`renders_text_chars`), sorted."""
     folders = [Path(d).expanduser() for d in (*FONT_DIRS, *extra_dirs)]
     spec = importlib.util.find_spec("matplotlib")
     if spec is not None and spec.origin:
@@ -58,7 +92,7 @@ def discover_fonts(extra_dirs: Sequence[str] = ()) -> list[str]:
         for folder in folders
         if folder.is_dir()
         for path in folder.rglob("*")
-        if path.suffix.lower() in (".ttf", ".otf") and not any(w in path.name.lower() for w in _UNUSABLE_FONT_WORDS)
+        if path.suffix.lower() in (".ttf", ".otf") and renders_text_chars(str(path))
     }
     return sorted(fonts)
 
@@ -84,11 +118,10 @@ def random_text(rng: random.Random, words: Sequence[str]) -> str:
         return "".join(rng.choices(string.ascii_letters + string.digits, k=rng.randint(2, 10)))
     if kind < 0.82:
         number = str(rng.randint(0, 10 ** rng.randint(1, 6)))
-        return rng.choice(("", "$", "#", "No.")) + number + rng.choice(("", "", "%", ".00", "km"))
+        return rng.choice(_NUMBER_PREFIXES) + number + rng.choice(_NUMBER_SUFFIXES)
     word = rng.choice(words)
     word = word.capitalize() if rng.random() < 0.5 else word.lower()
-    prefix, suffix = rng.choice((("", "!"), ("", "."), ("(", ")"), ('"', '"'), ("", "'s"), ("", ","), ("@", ""),
-                                 ("", "?"), ("", "-"), ("&", ""), ("", ":")))
+    prefix, suffix = rng.choice(_AFFIXES)
     return prefix + word + suffix
 
 
@@ -108,25 +141,67 @@ def _contrasting_colors(rng: random.Random) -> tuple[tuple[int, int, int], tuple
     return tuple(rng.randint(floor, 255) for _ in range(3)), background
 
 
+def glyph_canvas(text: str, font_path: str, rng: random.Random) -> Image.Image:
+    """Glyph coverage ('L', 255 = ink) of `text` at 36 px on its own canvas, after random margins, a slight tilt
+    about the centre and perspective jitter of the corners. The margins are drawn on top of the largest shift the
+    tilt and jitter can cause, so no glyph is pushed off the canvas."""
+    font = _font(font_path, 36)
+    left, top, right, bottom = font.getbbox(text)
+    shake = 0.04 * min(right - left, bottom - top)
+    angle = math.radians(rng.uniform(-3.0, 3.0))
+    margin_x = rng.randint(2, 10) + math.ceil(shake)
+    tilt = math.tan(angle) * (right - left + 2 * margin_x)
+    margin_y = rng.randint(2, 8) + math.ceil(shake + abs(tilt) / 2)
+    canvas = Image.new("L", (right - left + 2 * margin_x, bottom - top + 2 * margin_y), 0)
+    ImageDraw.Draw(canvas).text((margin_x - left, margin_y - top), text, font=font, fill=255)
+    w, h = canvas.size
+    jitter = [rng.uniform(-shake, shake) for _ in range(8)]
+    corners = (jitter[0], jitter[1] - tilt / 2,  # source quad: upper-left, lower-left, lower-right, upper-right
+               jitter[2], h + jitter[3] - tilt / 2,
+               w + jitter[4], h + jitter[5] + tilt / 2,
+               w + jitter[6], jitter[7] + tilt / 2)
+    return canvas.transform(canvas.size, Image.QUAD, corners, Image.BILINEAR, fillcolor=0)
+
+
+def _render(text: str, font_path: str, size: tuple[int, int], rng: random.Random) -> tuple[Image.Image, Image.Image]:
+    """(RGB image resized to (H, W), its glyph canvas before resizing): the canvas is the text colour's alpha."""
+    height, width = size
+    text_color, background = _contrasting_colors(rng)
+    canvas = glyph_canvas(text, font_path, rng)
+    alpha = canvas.resize((width, height), Image.BICUBIC, reducing_gap=2.0)
+    fill = Image.new("RGB", (width, height), text_color)
+    return Image.composite(fill, Image.new("RGB", (width, height), background), alpha), canvas
+
+
 def render_text(text: str, font_path: str, size: tuple[int, int], rng: random.Random) -> Image.Image:
     """Render `text` tightly cropped with random margins, colours, slight rotation and perspective; resize to (H, W)."""
-    height, width = size
-    font = _font(font_path, 36)
-    text_color, background = _contrasting_colors(rng)
-    left, top, right, bottom = font.getbbox(text)
-    margin_x, margin_y = rng.randint(2, 10), rng.randint(2, 8)
-    canvas = Image.new("RGB", (right - left + 2 * margin_x, bottom - top + 2 * margin_y), background)
-    ImageDraw.Draw(canvas).text((margin_x - left, margin_y - top), text, font=font, fill=text_color)
-    w, h = canvas.size
-    angle = math.radians(rng.uniform(-3.0, 3.0))
-    jitter = [rng.uniform(-0.04, 0.04) * min(w, h) for _ in range(8)]
-    tilt = math.tan(angle) * w
-    corners = (jitter[0], jitter[1],  # source quad: upper-left, lower-left, lower-right, upper-right
-               jitter[2], h + jitter[3],
-               w + jitter[4], h + jitter[5] + tilt,
-               w + jitter[6], jitter[7] + tilt)
-    canvas = canvas.transform(canvas.size, Image.QUAD, corners, Image.BILINEAR, fillcolor=background)
-    return canvas.resize((width, height), Image.BICUBIC, reducing_gap=2.0)
+    return _render(text, font_path, size, rng)[0]
+
+
+def legibility_problem(image: np.ndarray, canvas: Image.Image) -> str | None:
+    """Why a rendering is no usable HR (ink on the canvas edge, i.e. glyphs cut; too little ink; blank or low
+    contrast by `hr_legibility`), or None."""
+    ink = np.asarray(canvas)
+    if ink[0].any() or ink[-1].any() or ink[:, 0].any() or ink[:, -1].any():
+        return "glyphs cut by the canvas edge"
+    if ink.mean() < _MIN_INK * 255:
+        return "too little ink"
+    is_blank, is_low_contrast = hr_legibility(image)
+    return "blank" if is_blank else "low contrast" if is_low_contrast else None
+
+
+def render_legible(text: str, fonts: Sequence[str], size: tuple[int, int], rng: random.Random) -> np.ndarray:
+    """(H, W, 3) uint8 HR of `text` that passes `legibility_problem`. Each attempt draws font, colours and geometry
+    from `rng`, so a retry continues the sample's own stream and the result stays a pure function of its seed."""
+    for _ in range(RENDER_ATTEMPTS):
+        font_path = rng.choice(fonts)
+        image, canvas = _render(text, font_path, size, rng)
+        rgb = np.asarray(image)
+        problem = legibility_problem(rgb, canvas)
+        if problem is None:
+            return rgb
+    raise RuntimeError(f"render_legible: {text!r} at {size[0]}x{size[1]} still illegible after {RENDER_ATTEMPTS} "
+                       f"attempts (last: {problem}, font {font_path})")
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -179,7 +254,7 @@ def _make_chunk(chunk: _Chunk) -> list[tuple[bytes, bytes, str]]:
         size = _str_size(rng, text) if chunk.split == "str_synth" else chunk.hr_size
         labels.append(text)
         levels.append(rng.randrange(len(chunk.levels)))
-        images.append(np.asarray(render_text(text, rng.choice(fonts), size, rng)))
+        images.append(render_legible(text, fonts, size, rng))
     if chunk.split == "str_synth":
         lrs = lemma_degrade_arrays(images, chunk.seed, ids.tolist())
     else:

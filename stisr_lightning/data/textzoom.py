@@ -34,6 +34,10 @@ _PIL_LUMA = np.array([[19595, 38470, 7471, 32768]], dtype=np.float32) / 65536
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _IHDR_RGB8 = b"\x08\x02"  # IHDR bit depth 8, color type 2 (truecolor), at bytes 24-25 of every PNG
 cv2.setNumThreads(1)  # one thread per DataLoader worker; OpenCV's own pool would oversubscribe the cores
+BLANK_STD = 2.0
+"""Grey-level standard deviation (of 255) below which an HR is blank: one flat colour, no glyph."""
+LOW_CONTRAST_RANGE = 32.0
+"""Grey levels (of 255) between the 2nd and 98th percentile below which a non-blank HR is low-contrast."""
 
 
 class CorruptRecordError(OSError):
@@ -104,6 +108,20 @@ def pil_gray(rgb: np.ndarray) -> np.ndarray:
     rounds differently)."""
     gray = cv2.transform(rgb.astype(np.float32), _PIL_LUMA)
     return np.floor(gray, out=gray)
+
+
+def hr_legibility(rgb: np.ndarray) -> tuple[bool, bool]:
+    """(is_blank, is_low_contrast) of an (H, W, 3) uint8 RGB image on PIL's grey scale (0..255).
+
+    Blank: grey std < BLANK_STD. Low contrast: not blank, and the 2nd..98th percentile grey range (numpy's 'lower'
+    percentiles) < LOW_CONTRAST_RANGE; percentiles, so that a few stray pixels neither make nor break it, while text
+    covering 2% of the image still counts. The two are exclusive: their counts add up to the unusable images."""
+    gray = pil_gray(rgb).ravel()
+    if cv2.meanStdDev(gray)[1].item() < BLANK_STD:
+        return True, False
+    ranks = (int(0.02 * (gray.size - 1)), int(0.98 * (gray.size - 1)))
+    low, high = np.partition(gray, ranks)[list(ranks)]
+    return False, bool(high - low < LOW_CONTRAST_RANGE)
 
 
 def image_to_tensor(image: Image.Image | np.ndarray, mask: bool) -> torch.Tensor:
@@ -301,9 +319,11 @@ def write_str_lmdb(
 
 
 def inspect_lmdb(path: str | os.PathLike) -> dict:
-    """Counts, HR/LR size histograms ("HxW" -> count), label charset and unreadable records of an LMDB."""
+    """Counts, HR/LR size histograms ("HxW" -> count), label charset, unreadable records, and the number of blank and
+    of low-contrast HR images (`hr_legibility`) of an LMDB."""
     hr_sizes: Counter[str] = Counter()
     lr_sizes: Counter[str] = Counter()
+    blank = low_contrast = 0
     charset: set[str] = set()
     unreadable: list[str] = []
     with _process_env(str(path)).begin(write=False) as txn:
@@ -318,10 +338,15 @@ def inspect_lmdb(path: str | os.PathLike) -> dict:
                 charset.update(raw_label.decode("utf-8", errors="replace"))
             for kind, sizes in kinds:
                 try:
-                    image = decode_image(txn.get(_key(kind, number)))
-                    sizes[f"{image.height}x{image.width}"] += 1
+                    image = decode_rgb(txn.get(_key(kind, number)))
                 except OSError:
                     unreadable.append(_key(kind, number).decode())
+                    continue
+                sizes[f"{image.shape[0]}x{image.shape[1]}"] += 1
+                if kind != "image_lr":
+                    is_blank, is_low_contrast = hr_legibility(image)
+                    blank += is_blank
+                    low_contrast += is_low_contrast
     return {
         "path": str(path),
         "format": "textzoom" if paired else "str",
@@ -330,4 +355,6 @@ def inspect_lmdb(path: str | os.PathLike) -> dict:
         "lr_sizes": dict(lr_sizes.most_common()),
         "charset": "".join(sorted(charset)),
         "unreadable": unreadable,
+        "blank_hr": blank,
+        "low_contrast_hr": low_contrast,
     }
