@@ -190,6 +190,6 @@ def test_two_process_ddp_fine_tunes_cdistnet_and_tests_it_quantized(tiny_textzoo
 
 
 def test_bench_builds_the_pipelines_reader_greedy_and_with_the_official_beam():
-    from stisr_lightning.cli.bench import build_recognizer
+    from stisr_lightning.models.recognizers.catalog import build_reader
 
-    assert [build_recognizer(name).beam_width for name in ("cdistnet", "cdistnet-beam10")] == [1, 10]
+    assert [build_reader(name).beam_width for name in ("cdistnet", "cdistnet-beam10")] == [1, 10]

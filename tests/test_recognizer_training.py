@@ -85,3 +85,20 @@ def test_inverse_sqrt_schedule_is_cdistnets_scheduled_optim():
     assert max(seen) == pytest.approx(512**-0.5 / 2) and seen.index(max(seen)) == 3
     with pytest.raises(ValueError, match="lr_schedule must be"):
         RecognizerSystem(CRNN(charset="ab", hidden_size=32), lr_schedule="cosine")
+
+
+def test_easyocr_columns_recipe_saves_the_weights_of_each_listed_step(tiny_textzoom, tmp_path):
+    from stisr_lightning.models.recognizers.easyocr_crnn import EasyOCRCRNN
+
+    STISRCLI(args=[
+        "fit", "--config", "experiments/recognizers/easyocr_columns.yaml",
+        f"--data.train_dirs=[{tiny_textzoom / 'train'}]", "--data.num_workers=0", "--data.batch_size=2",
+        "--data.val_fraction=0.25", "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+        "--model.init_args.save_weights_at=[1, 2]", "--trainer.logger=false", "--trainer.enable_progress_bar=false",
+        f"--trainer.default_root_dir={tmp_path}",
+    ])
+    saved = sorted(path.name for path in tmp_path.glob("*.pth"))
+    assert saved == ["easyocr.pth", "easyocr_step1.pth", "easyocr_step2.pth"]
+    first, second = (torch.load(tmp_path / f"easyocr_step{k}.pth", weights_only=True) for k in (1, 2))
+    assert not torch.equal(first["Prediction.weight"], second["Prediction.weight"])  # one optimizer step apart
+    EasyOCRCRNN(checkpoint=tmp_path / "easyocr.pth")  # loads strictly

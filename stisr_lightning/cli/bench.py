@@ -25,6 +25,8 @@ import torch
 import yaml
 from torch import Tensor
 
+from stisr_lightning.models.recognizers.catalog import READERS, build_reader
+
 MEASURE_SECONDS = 5.0
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune"]
 
@@ -81,30 +83,11 @@ def bench_synth(count: int, workers: int) -> dict:
             "rate": count / seconds, "unit": "pairs/s"}
 
 
-def build_recognizer(name: str):
-    if name == "ppocr":
-        from stisr_lightning.models.recognizers.ppocr import PPOCRRecognizer
-        return PPOCRRecognizer()
-    if name == "ppocr-torch":
-        from stisr_lightning.models.recognizers.ppocr import PPOCRTorch
-        return PPOCRTorch()
-    if name == "easyocr":
-        from stisr_lightning.models.recognizers.easyocr_crnn import EasyOCRCRNN
-        return EasyOCRCRNN()
-    if name == "tesseract":
-        from stisr_lightning.models.recognizers.tesseract import TesseractRecognizer
-        return TesseractRecognizer()
-    if name in ("cdistnet", "cdistnet-beam10"):  # the EDSR + CDistNet pipeline's reader: greedy, official beam
-        from stisr_lightning.models.recognizers.cdistnet import CDistNet
-        return CDistNet(beam_width=10 if name.endswith("beam10") else 1)
-    raise SystemExit(f"stisr-bench: unknown recognizer {name!r}")
-
-
 def bench_recognize(names: list[str], batch_size: int) -> list[dict]:
     images = torch.rand(batch_size, 3, 32, 128)
     rows = []
     for name in names:
-        recognizer = build_recognizer(name).eval()
+        recognizer = build_reader(name)
         rows.append({"what": f"recognize {name} (32x128, batch {batch_size})", "workers": 1,
                      "rate": rate(lambda: len(recognizer.read(images)), warmup=1), "unit": "images/s"})
     return rows
@@ -294,7 +277,8 @@ def main(argv: list[str] | None = None) -> None:
     synth.add_argument("--count", type=int, default=2000)
     synth.add_argument("--workers", type=int, default=2)
     recognize = commands.add_parser("recognize", help="recognizer evaluation throughput")
-    recognize.add_argument("--recognizers", nargs="+", default=["ppocr", "ppocr-torch", "easyocr", "tesseract"])
+    recognize.add_argument("--recognizers", nargs="+", default=["ppocr", "ppocr-torch", "easyocr", "tesseract"],
+                           choices=list(READERS))
     recognize.add_argument("--batch-size", type=int, default=64)
     train = commands.add_parser("train", help="training throughput of experiments (forward + loss + backward + step)")
     train.add_argument("--experiments", nargs="+", default=["srcnn", "srresnet", "tsrn", "tbsrn", "tatt", "lemma"],

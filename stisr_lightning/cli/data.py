@@ -1,4 +1,4 @@
-"""`stisr-data`: make synthetic TextZoom-format data, materialize STR benchmarks, inspect LMDBs."""
+"""`stisr-data`: make synthetic TextZoom-format data, materialize STR benchmarks, inspect LMDBs, calibrate readers."""
 
 from __future__ import annotations
 
@@ -9,11 +9,42 @@ import time
 from stisr_lightning.data.str_benchmarks import materialize_str_benchmark
 from stisr_lightning.data.synthetic import make_synthetic
 from stisr_lightning.data.textzoom import BLANK_STD, LOW_CONTRAST_RANGE, inspect_lmdb
+from stisr_lightning.metrics.calibration import (
+    BICUBIC_BAND,
+    MIN_HR_GAIN,
+    calibrate_subset,
+    calibration_frame,
+    paper_rows,
+    subset_frame,
+    subset_paths,
+)
+from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader
+from stisr_lightning.sweeps.spec import PACKAGE_REPO
 
 
 def _size(text: str) -> tuple[int, int]:
     height, width = (int(v) for v in text.lower().split("x"))
     return height, width
+
+
+def _column(text: str) -> tuple[str, str]:
+    column, _, reader = text.partition("=")
+    if not reader or reader not in READERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected COLUMN=READER with READER one of {', '.join(READERS)}")
+    return column.upper(), reader
+
+
+def _calibrate(args: argparse.Namespace) -> None:
+    columns = dict(args.columns) if args.columns else dict(STAND_INS)
+    names = list(dict.fromkeys([*columns.values(), *args.recognizers]))
+    readers = {name: build_reader(name) for name in names}
+    results = [calibrate_subset(path, readers, subset, limit=args.limit)
+               for subset, path in subset_paths(args.data_dir).items()]
+    print(subset_frame(results).to_markdown(index=False, floatfmt=".2f"))
+    print()
+    print(calibration_frame(results, columns, paper_rows(args.reference)).to_markdown(index=False, floatfmt=".1f"))
+    print(f"\nbands: bicubic within {BICUBIC_BAND:g} points of the paper's bicubic row of the reader's column, "
+          f"HR at least {MIN_HR_GAIN:g} points above bicubic")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "low-contrast HR images of an LMDB")
     inspect.add_argument("path")
     inspect.add_argument("--json", action="store_true")
+    calibrate = commands.add_parser(
+        "calibrate", help="per subset: HR and bicubic accuracy of each reader beside the paper's, bicubic PSNR / SSIM")
+    calibrate.add_argument("data_dir", help="a folder with test/{easy,medium,hard} (or {easy,medium,hard}) LMDBs")
+    calibrate.add_argument("--columns", nargs="+", type=_column, metavar="COLUMN=READER",
+                           help="paper column -> reader (default: the embedded default's stand-ins, "
+                                + " ".join(f"{c}={r}" for c, r in STAND_INS.items()) + ")")
+    calibrate.add_argument("--recognizers", nargs="+", default=[], choices=list(READERS),
+                           help="more readers to measure, outside any paper column")
+    calibrate.add_argument("--limit", type=int, default=None, help="read only the first N images of each subset")
+    calibrate.add_argument("--reference", default=str(PACKAGE_REPO / "sweeps" / "references" / "lemma.csv"),
+                           help="paper numbers (the BICUBIC and HR rows of table T3)")
     benchmark = commands.add_parser("make-str-benchmark", help="select small crops, degrade once, write HR/LR LMDB")
     benchmark.add_argument("--src", required=True)
     benchmark.add_argument("--out", required=True)
@@ -63,6 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"unreadable records ({len(report['unreadable'])}):", " ".join(report["unreadable"][:50]))
         print(f"blank HR (grey std < {BLANK_STD:g}/255): {report['blank_hr']}; low-contrast HR (2nd..98th percentile "
               f"grey range < {LOW_CONTRAST_RANGE:g}/255): {report['low_contrast_hr']}")
+    elif args.command == "calibrate":
+        _calibrate(args)
     else:
         counts = materialize_str_benchmark(args.src, args.out, seed=args.seed)
         print(", ".join(f"{k}: {v}" for k, v in counts.items()))

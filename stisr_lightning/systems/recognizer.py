@@ -35,6 +35,7 @@ class RecognizerSystem(LightningModule):
         eps: float = 1e-8,
         lr_schedule: Literal["constant", "inverse_sqrt"] = "constant",
         warmup_steps: int = 10000,
+        save_weights_at: tuple[int, ...] = (),
     ):
         """
         Args:
@@ -47,6 +48,8 @@ class RecognizerSystem(LightningModule):
             lr_schedule: `constant`, or `inverse_sqrt`: the transformer schedule CDistNet trains with
                 (`ScheduledOptim`), lr * min(step^-0.5, step * warmup_steps^-1.5), where `lr` is then d_model^-0.5
                 (a peak of lr / sqrt(warmup_steps) at step `warmup_steps`).
+            save_weights_at: optimizer steps after which the weights are also saved, as `<stem>_step<k>.pth`: one
+                run yields the checkpoints of several schedule lengths (the calibrated EasyOCR stand-ins).
         """
         super().__init__()
         self.recognizer = recognizer
@@ -58,6 +61,7 @@ class RecognizerSystem(LightningModule):
                              f"got {lr_schedule!r}, {warmup_steps}")
         self.betas, self.eps = tuple(betas), eps
         self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
+        self.save_weights_at = frozenset(save_weights_at)
         self.val_accuracy = WordAccuracy()
         self.checkpoint_monitor = "val/acc"
 
@@ -85,8 +89,16 @@ class RecognizerSystem(LightningModule):
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_factor(self.warmup_steps))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.global_step in self.save_weights_at:
+            name = Path(self.weights_name)
+            self._save_weights(f"{name.stem}_step{self.global_step}{name.suffix}")
+
     def on_train_end(self) -> None:
+        self._save_weights(self.weights_name)
+
+    def _save_weights(self, name: str) -> None:
         if self.trainer.is_global_zero:
-            path = Path(self.trainer.default_root_dir) / self.weights_name
+            path = Path(self.trainer.default_root_dir) / name
             torch.save(self.recognizer.state_dict(), path)
             print(f"recognizer weights: {path}")
