@@ -10,7 +10,7 @@
 # beside its scores (results.json: global_step). This is a budget comparison, not the papers' schedules (TSRN and
 # LEMMA: 500 epochs of TextZoom; TextDiff: 1M iterations).
 # Environment: TRAIN, TEST, PRETRAIN_MIN, TSRN_MIN, MAIN_MIN (minutes), RUNS (output folder), BIN (console scripts),
-# RECOGNIZERS (evaluators, default "ppocr easyocr tesseract"), WORKERS (DataLoader workers per run), VAL_EVERY
+# RECOGNIZERS (evaluators, default "ppocr easyocr-moran easyocr-crnn", the ASTER / MORAN / CRNN stand-ins), WORKERS (DataLoader workers per run), VAL_EVERY
 # (steps between validations), SAMPLING_STEPS (the long TextDiff evaluation, default 200), EXTRA_ARGS (options added
 # to every stisr-train / stisr-eval command, e.g. "--trainer.logger=false").
 set -euo pipefail
@@ -30,15 +30,18 @@ EXTRA_ARGS=${EXTRA_ARGS:-}
 DATA=data/synthetic-${TRAIN}-${TEST}
 mkdir -p "$RUNS"
 
-declare -A RECOGNIZER_CLASS=(
-  [ppocr]=stisr_lightning.models.recognizers.ppocr.PPOCRRecognizer
-  [easyocr]=stisr_lightning.models.recognizers.easyocr_crnn.EasyOCRCRNN
-  [tesseract]=stisr_lightning.models.recognizers.tesseract.TesseractRecognizer
+EASYOCR=stisr_lightning.models.recognizers.easyocr_crnn.EasyOCRCRNN
+declare -A RECOGNIZER=(
+  [ppocr]="{class_path: stisr_lightning.models.recognizers.ppocr.PPOCRRecognizer}"
+  [easyocr-moran]="{class_path: $EASYOCR, init_args: {calibrated_for: MORAN}}"
+  [easyocr-crnn]="{class_path: $EASYOCR, init_args: {calibrated_for: CRNN}}"
+  [easyocr]="{class_path: $EASYOCR}"
+  [tesseract]="{class_path: stisr_lightning.models.recognizers.tesseract.TesseractRecognizer}"
 )
 evaluators=""
-read -r -a evaluator_names <<< "${RECOGNIZERS:-ppocr easyocr tesseract}"
+read -r -a evaluator_names <<< "${RECOGNIZERS:-ppocr easyocr-moran easyocr-crnn}"
 for name in "${evaluator_names[@]}"; do
-  evaluators+="${evaluators:+, }$name: {class_path: ${RECOGNIZER_CLASS[$name]}}"
+  evaluators+="${evaluators:+, }$name: ${RECOGNIZER[$name]}"
 done
 data_args=(
   "--data.train_dirs=[$DATA/train]" "--data.num_workers=$WORKERS"

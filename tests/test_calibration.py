@@ -78,7 +78,7 @@ def test_bands_need_bicubic_near_the_paper_and_room_above_it():
     frame = C.calibration_frame(
         [result("easy", 90.0, 44.4), result("medium", 45.0, 21.1), result("hard", 90.0, 29.2)], {"CRNN": "reader"},
         paper)
-    assert frame["in bands"].tolist() == [True, False, False]  # easy at the edge; medium no room; hard 8.1 off
+    assert frame["in bands"].tolist() == ["yes", "no", "no"]  # easy at the edge; medium no room; hard 8.1 off
     assert frame["column"].tolist() == ["CRNN"] * 3
 
 
@@ -95,3 +95,55 @@ def test_calibrate_command_prints_both_tables(data_dir, capsys):
     out = capsys.readouterr().out
     assert "blank HR" in out and "bicubic PSNR" in out
     assert "ASTER" in out and "ppocr" in out and "67.4" in out  # the paper's bicubic ASTER easy beside ours
+
+
+def test_calibrate_command_writes_json_once_and_loads_reader_weights(data_dir, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from stisr_lightning.cli.data import main
+    from stisr_lightning.models.recognizers.easyocr_crnn import EasyOCRCRNN
+
+    weights = tmp_path / "english_g2_copy.pth"
+    torch.save(EasyOCRCRNN().state_dict(), weights)
+    out = tmp_path / "calibration.json"
+    main(["calibrate", str(data_dir), "--columns", f"CRNN=easyocr@{weights}", "--limit", "1", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert [r["subset"] for r in record["subsets"]] == ["easy", "medium", "hard"]
+    assert {(r["column"], r["reader"]) for r in record["readers"]} == {("CRNN", f"easyocr@{weights}")}
+    assert record["readers"][0]["paper bicubic"] == 36.4
+    with pytest.raises(SystemExit, match="already exists"):
+        main(["calibrate", str(data_dir), "--json", str(out)])
+
+
+@pytest.mark.parametrize("spec, message", [("nope", "unknown reader 'nope'"), ("ppocr@w.pth", "loads no weights")])
+def test_reader_specs_fail_with_one_line(spec, message):
+    from stisr_lightning.models.recognizers.catalog import check_reader_spec
+
+    with pytest.raises(ValueError, match=message):
+        check_reader_spec(spec)
+
+
+def test_shipped_stand_ins_read_fresh_data_as_recorded(tmp_path):
+    """The record beside the shipped weights (scripts/calibrate_readers.sh) holds the accuracies on the first 100
+    pairs of each subset of `make-synthetic --test 900 --seed 1`; regenerating those pairs must give them again, up
+    to two readings per subset that float rounding may flip."""
+    import json
+
+    from stisr_lightning.data.synthetic import make_synthetic
+    from stisr_lightning.models.recognizers.catalog import STAND_INS, build_reader
+    from stisr_lightning.models.recognizers.easyocr_crnn import CALIBRATED_WEIGHTS
+
+    record = json.loads((CALIBRATED_WEIGHTS / "easyocr_columns.json").read_text())
+    make_synthetic(tmp_path, train=0, test=900, seed=1)
+    readers = {name: build_reader(name) for name in STAND_INS.values()}
+    results = [C.calibrate_subset(path, readers, subset, limit=100) for subset, path in C.subset_paths(tmp_path).items()]
+    assert [r["blank HR"] for r in record["subsets"]] == [r.blank_hr for r in results] == [0, 0, 0]
+    measured = C.calibration_frame(results, STAND_INS, C.paper_rows(LEMMA_REFERENCES))
+    assert len(record["readers"]) == len(measured) == 9
+    for recorded, ours in zip(record["readers"], measured.to_dict("records")):
+        assert (recorded["column"], recorded["reader"], recorded["subset"]) == (ours["column"], ours["reader"],
+                                                                               ours["subset"])
+        assert ours["HR"] == pytest.approx(recorded["HR"], abs=2.0)
+        assert ours["bicubic"] == pytest.approx(recorded["bicubic"], abs=2.0)

@@ -19,7 +19,7 @@ from stisr_lightning.sweeps.store import DONE, FAILED, CellStore, Worker
 
 os.environ["WANDB_MODE"] = "disabled"
 REPO = Path(__file__).resolve().parents[1]
-METRIC = "test/synthetic/easy/easyocr/acc"
+METRIC = "test/synthetic/easy/easyocr-crnn/acc"
 COLUMNS = [{"name": "Easy", "metric": METRIC}]
 
 

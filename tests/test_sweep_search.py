@@ -21,7 +21,7 @@ from stisr_lightning.sweeps.store import DONE, FAILED
 os.environ["WANDB_MODE"] = "disabled"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 LR = "model.init_args.lr"
-METRIC = "test/synthetic/average/easyocr/acc"
+METRIC = "test/synthetic/average/easyocr-crnn/acc"
 
 # Stands in for stisr-train: notes its trial, reads lr from its overrides, writes results.json with a metric that
 # peaks at lr = 10^-2.5.
@@ -52,7 +52,7 @@ for step in (1, 2):
 
 def write_spec(tmp_path: Path, search: dict, name: str = "s") -> Path:
     path = tmp_path / f"{name}.yaml"
-    data = {"name": name, "paper": "lemma", "base": "tsrn.yaml", "vars": {"dataset": "synthetic", "crnn": "easyocr"},
+    data = {"name": name, "paper": "lemma", "base": "tsrn.yaml", "vars": {"dataset": "synthetic", "crnn": "easyocr-crnn"},
             "search": {"direction": "maximize", "metric": "test/{dataset}/average/{crnn}/acc", **search},
             "presets": {"tiny": {"overrides": {"trainer.max_steps": 4}}}}
     path.write_text(yaml.safe_dump(data))
@@ -158,7 +158,7 @@ def test_shipped_search_file_loads_and_validates(tmp_path, resolver):
     tiny = spec.searches["tiny"]
     assert tiny.budget == 3 and tiny.prune.monitor == "val/psnr" and tiny.metric == METRIC
     assert "model.init_args.loss.init_args.weights.text_focus" in tiny.params  # LEMMA's alpha1
-    assert spec.searches["full"].metric == "test/textzoom/average/easyocr/acc"
+    assert spec.searches["full"].metric == "test/textzoom/average/easyocr-crnn/acc"
     runner = SearchRunner(spec, "tiny", tmp_path, f"sqlite:///{tmp_path}/store.db", resolver=resolver)
     runner.validate()
     assert runner.data["data.train_dirs"] == [str(tmp_path / "data" / "synthetic-32-12-s0" / "train")]

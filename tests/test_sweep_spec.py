@@ -23,7 +23,7 @@ def minimal(**changes):
             "title": "t",
             "base": "srcnn.yaml",
             "rows": [{"name": "a"}, {"name": "b", "overrides": {"model.init_args.lr": 0.5}}],
-            "columns": [{"name": "Easy", "group": "CRNN", "metric": "test/synthetic/easy/easyocr/acc", "scale": 100}],
+            "columns": [{"name": "Easy", "group": "CRNN", "metric": "test/synthetic/easy/easyocr-crnn/acc", "scale": 100}],
         }],
     }
     for key, value in changes.items():
@@ -70,7 +70,7 @@ def test_lemma_comparison_layout_and_references(expansions):
     # the paper's numbers come from sweeps/references/lemma.csv (BICUBIC / ASTER/easy = 67.4 in LEMMA Table 3)
     assert table.reference[("Bicubic", "ASTER/Easy")].value == pytest.approx(67.4)
     assert table.reference[("TSRN", "CRNN/Average")].value == pytest.approx(41.4)
-    assert spec.metric(table.columns[4], spec.presets["tiny"]) == "test/synthetic/easy/tesseract/acc"
+    assert spec.metric(table.columns[4], spec.presets["tiny"]) == "test/synthetic/easy/easyocr-moran/acc"
     assert spec.metric(table.columns[0], spec.presets["full"]) == "test/textzoom/easy/ppocr/acc"
     expansion = expansions(spec.path, "tiny")
     bicubic = next(cell for cell in expansion.cells.values() if ("T3", "Bicubic") in cell.members)
@@ -268,7 +268,7 @@ def test_tables_limited_to_presets_and_the_synthetic_str_set(sweep_dir, resolver
     table = minimal()["tables"][0]
     str_table = dict(table, id="T5", rows=[{"name": "a", "overrides": {
         "data.test_sets": {"str_synth": "data/synthetic/str_synth"}}}],
-        columns=[{"name": "STR", "metric": "test/str_synth/easyocr/acc"}])
+        columns=[{"name": "STR", "metric": "test/str_synth/easyocr-crnn/acc"}])
     full_only = dict(table, id="T9", presets=["full"])
     presets = {"tiny": {"synthetic": {"train": 4, "test": 3, "str_test": 2}}, "full": {}}
     spec = load_spec(write(sweep_dir, minimal(presets=presets, tables=[table, str_table, full_only])))

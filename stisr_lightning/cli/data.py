@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
 from stisr_lightning.data.str_benchmarks import materialize_str_benchmark
 from stisr_lightning.data.synthetic import make_synthetic
@@ -18,7 +19,7 @@ from stisr_lightning.metrics.calibration import (
     subset_frame,
     subset_paths,
 )
-from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader
+from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader, check_reader_spec
 from stisr_lightning.sweeps.spec import PACKAGE_REPO
 
 
@@ -27,14 +28,23 @@ def _size(text: str) -> tuple[int, int]:
     return height, width
 
 
+def _reader(spec: str) -> str:
+    try:
+        return check_reader_spec(spec)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
 def _column(text: str) -> tuple[str, str]:
     column, _, reader = text.partition("=")
-    if not reader or reader not in READERS:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected COLUMN=READER with READER one of {', '.join(READERS)}")
-    return column.upper(), reader
+    if not reader:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected COLUMN=READER")
+    return column.upper(), _reader(reader)
 
 
 def _calibrate(args: argparse.Namespace) -> None:
+    if args.json and Path(args.json).exists():
+        raise SystemExit(f"stisr-data calibrate: {args.json} already exists; give a new --json path")
     columns = dict(args.columns) if args.columns else dict(STAND_INS)
     names = list(dict.fromkeys([*columns.values(), *args.recognizers]))
     readers = {name: build_reader(name) for name in names}
@@ -42,9 +52,13 @@ def _calibrate(args: argparse.Namespace) -> None:
                for subset, path in subset_paths(args.data_dir).items()]
     print(subset_frame(results).to_markdown(index=False, floatfmt=".2f"))
     print()
-    print(calibration_frame(results, columns, paper_rows(args.reference)).to_markdown(index=False, floatfmt=".1f"))
+    readings = calibration_frame(results, columns, paper_rows(args.reference))
+    print(readings.to_markdown(index=False, floatfmt=".1f"))
     print(f"\nbands: bicubic within {BICUBIC_BAND:g} points of the paper's bicubic row of the reader's column, "
           f"HR at least {MIN_HR_GAIN:g} points above bicubic")
+    if args.json:
+        record = {"subsets": subset_frame(results).to_dict("records"), "readers": readings.to_dict("records")}
+        Path(args.json).write_text(json.dumps(record, indent=2))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -69,11 +83,13 @@ def build_parser() -> argparse.ArgumentParser:
     calibrate.add_argument("--columns", nargs="+", type=_column, metavar="COLUMN=READER",
                            help="paper column -> reader (default: the embedded default's stand-ins, "
                                 + " ".join(f"{c}={r}" for c, r in STAND_INS.items()) + ")")
-    calibrate.add_argument("--recognizers", nargs="+", default=[], choices=list(READERS),
-                           help="more readers to measure, outside any paper column")
+    calibrate.add_argument("--recognizers", nargs="+", default=[], type=_reader, metavar="READER",
+                           help=f"more readers to measure, outside any paper column: {', '.join(READERS)}, or "
+                                "NAME@WEIGHTS for other weights of an EasyOCR reader")
     calibrate.add_argument("--limit", type=int, default=None, help="read only the first N images of each subset")
     calibrate.add_argument("--reference", default=str(PACKAGE_REPO / "sweeps" / "references" / "lemma.csv"),
                            help="paper numbers (the BICUBIC and HR rows of table T3)")
+    calibrate.add_argument("--json", help="also write the numbers to this (new) file")
     benchmark = commands.add_parser("make-str-benchmark", help="select small crops, degrade once, write HR/LR LMDB")
     benchmark.add_argument("--src", required=True)
     benchmark.add_argument("--out", required=True)

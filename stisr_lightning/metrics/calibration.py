@@ -106,9 +106,10 @@ def calibration_frame(results: list[SubsetCalibration], columns: dict[str, str],
             paper_bicubic = paper.get((column, result.subset, "bicubic"))
             record = {"column": column or "-", "reader": reader, "subset": result.subset, "HR": hr,
                       "bicubic": bicubic, "paper HR": paper.get((column, result.subset, "hr")),
-                      "paper bicubic": paper_bicubic}
+                      "paper bicubic": paper_bicubic, "in bands": "-"}
             if paper_bicubic is not None:
-                record["in bands"] = abs(bicubic - paper_bicubic) <= BICUBIC_BAND and hr - bicubic >= MIN_HR_GAIN
+                inside = abs(bicubic - paper_bicubic) <= BICUBIC_BAND and hr - bicubic >= MIN_HR_GAIN
+                record["in bands"] = "yes" if inside else "no"
             records.append(record)
     return pd.DataFrame(records)
 
