@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: synthetic TextZoom-format data, bicubic evaluated, TSRN trained on a short
-# CPU schedule and evaluated with PP-OCR, the EasyOCR CRNN and Tesseract on easy / medium / hard, W&B offline.
+# CPU schedule and evaluated by the calibrated ASTER / MORAN / CRNN stand-ins (ppocr, easyocr-moran, easyocr-crnn) on
+# easy / medium / hard, W&B offline.
 # Sizes can be changed through the environment: TRAIN, TEST, STEPS, BATCH, WORKERS, DATA, OUT. On a CPU the
 # defaults take about 40 minutes on 2 cores (TSRN trains at about 6 images/s there, see `stisr-bench train`), far too
 # short for TSRN to converge; with a CUDA GPU the defaults become the GPU schedule (20,000 steps at batch 64, about
