@@ -82,10 +82,14 @@ def test_bands_need_bicubic_near_the_paper_and_room_above_it():
     assert frame["column"].tolist() == ["CRNN"] * 3
 
 
-def test_subset_paths_name_the_missing_lmdb(tmp_path):
+def test_missing_lmdbs_are_named_in_one_line(tmp_path):
+    from stisr_lightning.cli.data import main
+
     write_textzoom_lmdb(tmp_path / "test" / "easy", SAMPLES[:1])
     with pytest.raises(FileNotFoundError, match="test/medium, .*test/hard$"):
         C.subset_paths(tmp_path)
+    with pytest.raises(SystemExit, match="^stisr-data calibrate: .*test/medium"):
+        main(["calibrate", str(tmp_path), "--columns", "ASTER=ppocr"])
 
 
 def test_calibrate_command_prints_both_tables(data_dir, capsys):

@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"blank HR (grey std < {BLANK_STD:g}/255): {report['blank_hr']}; low-contrast HR (2nd..98th percentile "
               f"grey range < {LOW_CONTRAST_RANGE:g}/255): {report['low_contrast_hr']}")
     elif args.command == "calibrate":
-        _calibrate(args)
+        try:
+            _calibrate(args)
+        except FileNotFoundError as error:  # a missing test LMDB or reader weights: one line, no traceback
+            raise SystemExit(f"stisr-data calibrate: {error}") from None
     else:
         counts = materialize_str_benchmark(args.src, args.out, seed=args.seed)
         print(", ".join(f"{k}: {v}" for k, v in counts.items()))
