@@ -80,6 +80,7 @@ def test_bands_need_bicubic_near_the_paper_and_room_above_it():
         paper)
     assert frame["in bands"].tolist() == ["yes", "no", "no"]  # easy at the edge; medium no room; hard 8.1 off
     assert frame["column"].tolist() == ["CRNN"] * 3
+    assert frame["bicubic ±95%"].iloc[1] == pytest.approx(196 * math.sqrt(0.211 * 0.789 / 10))
 
 
 def test_missing_lmdbs_are_named_in_one_line(tmp_path):
