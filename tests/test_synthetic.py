@@ -1,5 +1,6 @@
 import hashlib
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -43,10 +44,19 @@ class _ExtremeRandom(random.Random):
         return a
 
 
-def test_font_discovery_is_sorted_and_excludes_symbol_fonts():
-    found = S.discover_fonts()
-    assert found == sorted(found)
-    assert not any("symbol" in f.lower() or "dingbat" in f.lower() for f in found)
+def test_font_discovery_is_ordered_by_file_name_and_excludes_symbol_fonts():
+    names = [Path(f).name for f in S.discover_fonts()]
+    assert names == sorted(set(names))  # one file per name, whatever folder (or venv path) it lives in
+    assert not any("symbol" in f.lower() or "dingbat" in f.lower() for f in names)
+
+
+def test_font_order_does_not_depend_on_the_install_path(tmp_path, mpl_fonts):
+    for folder, name in (("a_first", "ZzzCopy.ttf"), ("z_last", "AaaCopy.ttf")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(mpl_fonts / "DejaVuSans.ttf", tmp_path / folder / name)
+    found = S.discover_fonts([str(tmp_path / "a_first"), str(tmp_path / "z_last")])
+    copies = [f for f in found if f.startswith(str(tmp_path))]
+    assert [Path(f).name for f in copies] == ["AaaCopy.ttf", "ZzzCopy.ttf"]
 
 
 def test_fonts_without_the_text_glyphs_are_excluded_by_their_cmap(mpl_fonts):
@@ -55,7 +65,7 @@ def test_fonts_without_the_text_glyphs_are_excluded_by_their_cmap(mpl_fonts):
     assert hr_legibility(np.asarray(S.render_text("Hello", display, (32, 128), random.Random(0))))[0]
     for name in ("DejaVuSansDisplay.ttf", "STIXSizOneSymReg.ttf", "cmsy10.ttf"):  # cmsy10 maps 'a' to another glyph
         assert not S.renders_text_chars(str(mpl_fonts / name)) and str(mpl_fonts / name) not in found, name
-    assert S.renders_text_chars(str(mpl_fonts / "DejaVuSans.ttf")) and str(mpl_fonts / "DejaVuSans.ttf") in found
+    assert S.renders_text_chars(str(mpl_fonts / "DejaVuSans.ttf")) and "DejaVuSans.ttf" in {Path(f).name for f in found}
     assert set(S.TEXT_CHARS) >= set("aZ09$#.%!()\"'@?-&:,")
 
 

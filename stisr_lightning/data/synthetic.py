@@ -82,19 +82,21 @@ def renders_text_chars(font_path: str) -> bool:
 
 def discover_fonts(extra_dirs: Sequence[str] = ()) -> list[str]:
     """TrueType/OpenType files from the standard font folders and matplotlib that render every character
-    `random_text` can produce (`renders_text_chars`), sorted."""
+    `random_text` can produce (`renders_text_chars`): one per file name (the first folder wins, so matplotlib's
+    copies of DejaVu give way to the system's), ordered by file name. The order must not depend on where Python or
+    the venv is installed, or the same seed would draw other fonts on another machine."""
     folders = [Path(d).expanduser() for d in (*FONT_DIRS, *extra_dirs)]
     spec = importlib.util.find_spec("matplotlib")
     if spec is not None and spec.origin:
         folders.append(Path(spec.origin).parent / "mpl-data" / "fonts" / "ttf")
-    fonts = {
-        str(path)
-        for folder in folders
-        if folder.is_dir()
-        for path in folder.rglob("*")
-        if path.suffix.lower() in (".ttf", ".otf") and renders_text_chars(str(path))
-    }
-    return sorted(fonts)
+    fonts: dict[str, str] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.rglob("*")):
+            if path.suffix.lower() in (".ttf", ".otf") and path.name not in fonts and renders_text_chars(str(path)):
+                fonts[path.name] = str(path)
+    return [fonts[name] for name in sorted(fonts)]
 
 
 def load_words(path: str = "/usr/share/dict/words") -> list[str]:
