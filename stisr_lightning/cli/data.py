@@ -50,14 +50,15 @@ def _calibrate(args: argparse.Namespace) -> None:
     readers = {name: build_reader(name) for name in names}
     results = [calibrate_subset(path, readers, subset, limit=args.limit)
                for subset, path in subset_paths(args.data_dir).items()]
-    print(subset_frame(results).to_markdown(index=False, floatfmt=".2f"))
+    subsets = subset_frame(results)
+    print(subsets.to_markdown(index=False, floatfmt=".2f"))
     print()
     readings = calibration_frame(results, columns, paper_rows(args.reference))
     print(readings.to_markdown(index=False, floatfmt=".1f"))
     print(f"\nbands: bicubic within {BICUBIC_BAND:g} points of the paper's bicubic row of the reader's column, "
           f"HR at least {MIN_HR_GAIN:g} points above bicubic")
     if args.json:
-        record = {"subsets": subset_frame(results).to_dict("records"), "readers": readings.to_dict("records")}
+        record = {"subsets": subsets.to_dict("records"), "readers": readings.to_dict("records")}
         Path(args.json).write_text(json.dumps(record, indent=2))
 
 
