@@ -13,10 +13,37 @@ from torch import Tensor, nn
 
 from stisr_lightning.models.recognizers.base import load_state_dict_strict, strip_prefix
 
+SHIPPED_PREFIX = "shipped:"
+SHIPPED_GENERATORS = Path(__file__).resolve().parent / "models" / "generators" / "weights"
+"""Generator weights the suite trained itself and ships in the package, named `shipped:<name>` in configs
+(`shipped:tsrn_synthetic` is `models/generators/weights/tsrn_synthetic.pt`; its recipe is beside it)."""
+
+
+def resolve_weights(path: str | Path) -> Path:
+    """A weights path as given, or the package file that a `shipped:<name>` path names."""
+    path = str(path)
+    if not path.startswith(SHIPPED_PREFIX):
+        return Path(path)
+    name = path[len(SHIPPED_PREFIX):]
+    shipped = SHIPPED_GENERATORS / f"{name}.pt"
+    if not shipped.is_file():
+        known = sorted(p.stem for p in SHIPPED_GENERATORS.glob("*.pt"))
+        raise FileNotFoundError(f"{path}: no shipped weights {shipped.name} (shipped: {', '.join(known) or 'none'})")
+    return shipped
+
+
+def export_fp16(checkpoint_path: str | Path, out_path: str | Path, lightning_prefix: str = "generator.") -> Path:
+    """A suite checkpoint's module weights as a plain fp16 state dict (half the size; fp32 again when loaded)."""
+    out_path = Path(out_path)
+    if out_path.exists():
+        raise FileExistsError(f"{out_path}: already exists; remove it first")
+    state = extract_state_dict(read_checkpoint(checkpoint_path), lightning_prefix)
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in state.items()}, out_path)
+    return out_path
 
 
 def read_checkpoint(path: str | Path) -> Any:
-    path = Path(path)
+    path = resolve_weights(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:

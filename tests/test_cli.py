@@ -9,6 +9,7 @@ import torch
 from fakes import run_command, tiny_run_args
 
 from stisr_lightning.cli.train import STISRCLI
+from stisr_lightning.hardware import auto_precision
 
 FAKE_RECOGNIZER = "--model.init_args.recognizers={brightness: {class_path: fakes.BrightnessRecognizer}}"
 
@@ -26,6 +27,7 @@ def test_fit_then_test_writes_run_directory(tiny_textzoom, tmp_path):
     assert {"test/tiny/average/psnr", "test/tiny/medium/ssim", "test/tiny/easy/brightness/ned"} <= set(record["metrics"])
     assert record["test_set_sizes"] == {"tiny/easy": 6, "tiny/medium": 4}
     assert record["global_step"] == 4 and record["seed"] == 0
+    assert record["precision"] == {"train": auto_precision("cpu")[0], "test": "32-true"}
     assert record["config"]["model"]["init_args"]["generator"]["class_path"].endswith("SRCNN")
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "checkpoints" / "best.ckpt").is_file()
     state = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]

@@ -154,9 +154,11 @@ def test_bench_times_the_whole_gan_iteration_and_the_tpl_share(monkeypatch):
         return iteration(self, batch, generator_step, discriminator_step, backward)
 
     monkeypatch.setattr(TextSRSystem, "iteration", spy)
-    (row,) = bench.bench_train(["textsr"], batch_size=2, device="cpu", bf16=False, channels_last=False)
+    (row,) = bench.bench_train(["textsr"], batch_size=2, device="cpu", precision="bf16-mixed")
     assert updated and set(updated) == {(2, 3, 8, 32)}  # TextSR's 4x: LR 8x32 for the 32x128 HR
-    assert row["rate"] > 0 and row["share of step"].startswith("TPL (aster) ")
+    assert row["fp32 eager"] > 0 and row["bf16-mixed"] > 0
+    assert row["ratio"] == row["bf16-mixed"] / row["fp32 eager"]
+    assert row["share of step"].startswith("TPL (aster) ")
 
 
 def test_vgg_content_loss_needs_real_weights_and_compares_features(tmp_path, monkeypatch):

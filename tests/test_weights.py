@@ -49,3 +49,25 @@ def test_build_system_replaces_the_named_init_args_and_keeps_the_rest():
     assert sorted(configured.recognizers) == ["easyocr-crnn", "easyocr-moran", "ppocr"]
     assert len(trimmed.recognizers) == 0 and trimmed.lr == 5e-4
     assert type(trimmed.generator) is type(configured.generator)
+
+
+def test_export_fp16_halves_a_checkpoint_and_loads_back_as_fp32(tmp_path):
+    from stisr_lightning.weights import export_fp16, load_weights
+
+    module = torch.nn.Conv2d(3, 4, 3)
+    torch.save({"state_dict": {f"generator.{k}": v for k, v in module.state_dict().items()}}, tmp_path / "run.ckpt")
+    out = export_fp16(tmp_path / "run.ckpt", tmp_path / "weights.pt")
+    assert {v.dtype for v in torch.load(out).values()} == {torch.float16}
+    with pytest.raises(FileExistsError, match="weights.pt: already exists"):
+        export_fp16(tmp_path / "run.ckpt", out)
+    copy = torch.nn.Conv2d(3, 4, 3)
+    load_weights(copy, out)
+    assert copy.weight.dtype == torch.float32
+    assert torch.equal(copy.weight, module.weight.half().float())
+
+
+def test_unknown_shipped_weights_are_a_one_line_error():
+    from stisr_lightning.weights import read_checkpoint
+
+    with pytest.raises(FileNotFoundError, match=r"shipped:nothing: no shipped weights nothing.pt \(shipped: "):
+        read_checkpoint("shipped:nothing")

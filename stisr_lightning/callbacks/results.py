@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import platform
 import subprocess
 import time
 from importlib import metadata
@@ -18,6 +17,7 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
 from stisr_lightning.data.datamodule import test_set_path
+from stisr_lightning.hardware import describe_cpu
 
 PACKAGES = ("stisr-lightning", "torch", "torchvision", "lightning", "torchmetrics", "kornia", "onnxruntime", "rapidocr")
 
@@ -140,7 +140,9 @@ class ResultsWriter(Callback):
             "git_sha": git_sha(),
             "packages": package_versions(),
             "data_fingerprint": data_fingerprint(data_paths),
-            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({platform.processor() or platform.machine()})",
+            "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({describe_cpu()})",
+            # training ran at this precision; validation and test always compute in fp32
+            "precision": {"train": str(trainer.precision), "test": "32-true"},
             "world_size": trainer.world_size,
             "wall_time_s": {
                 "fit": None if self._fit_start is None else self._test_start - self._fit_start,

@@ -3,7 +3,7 @@
     stisr-bench read data/synthetic/train --workers 2
     stisr-bench synth --count 2000 --workers 2
     stisr-bench recognize --recognizers ppocr easyocr tesseract cdistnet cdistnet-beam10
-    stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --bf16 --channels-last]
+    stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --precision bf16-mixed --channels-last]
         [--compile generator.forward_with_prior loss.terms.text_focus.recognizer.encoder --compile-mode reduce-overhead]
     stisr-bench sample --steps 5 200 --batch-size 16 [--device cuda] [--compile-mode reduce-overhead]
 
@@ -13,8 +13,6 @@ Numbers are measured after a warm-up and averaged over the measured part only.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,6 +23,7 @@ import torch
 import yaml
 from torch import Tensor
 
+from stisr_lightning.hardware import auto_precision, describe_cpu
 from stisr_lightning.models.recognizers.catalog import READERS, build_reader
 
 MEASURE_SECONDS = 5.0
@@ -32,9 +31,8 @@ COMPILE_MODES = ["default", "reduce-overhead", "max-autotune"]
 
 
 def machine() -> str:
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"{platform.machine()} cpu, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
+    gpu = f"{torch.cuda.get_device_name()}; " if torch.cuda.is_available() else ""
+    return f"{gpu}{describe_cpu()}; torch {torch.__version__}, {torch.get_num_threads()} threads"
 
 
 def rate(step: Callable[[], int], warmup: int = 2, seconds: float = MEASURE_SECONDS, min_steps: int = 3) -> float:
@@ -120,118 +118,140 @@ COMPILED_WARMUP_STEPS = 5
 """Compilation and CUDA-graph recording happen in the first calls; they are not throughput."""
 
 
+def _build_trainable(config: Path, name: str, device: str, compile_targets: list[str] | None, compile_mode: str):
+    """The experiment's system as configured, without evaluation-only recognizers, and its optimizer(s)."""
+    from stisr_lightning.weights import build_system
+
+    # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine);
+    # a recognizer the loss reads through the system (TextSR's TPL recognizer) stays.
+    model_args = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_args") or {}
+    kept = model_args.get("tpl_recognizer")
+    init_args = {"recognizers": {kept: model_args["recognizers"][kept]} if kept else {}, "val_recognizer": None}
+    if compile_targets:
+        init_args.update(compile_targets=compile_targets, compile_mode=compile_mode)
+    system = build_system(config, init_args).to(device).train()
+    system.configure_model()
+    if system.loss is None:
+        raise SystemExit(f"stisr-bench: {config} has no loss; it cannot be trained")
+    optimizers = system.configure_optimizers()
+    optimizers = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
+    optimizers = optimizers[0] if isinstance(optimizers, tuple) else optimizers  # (optimizers, schedulers)
+    return system, optimizers
+
+
 def bench_train(
     experiments: list[str],
     batch_size: int,
     device: str,
-    bf16: bool,
-    channels_last: bool,
+    precision: str = "auto",
+    channels_last: bool = False,
     compile_targets: list[str] | None = None,
     compile_mode: str = "default",
 ) -> list[dict]:
-    """Training throughput of each experiment's system as configured (its generator, loss mix and optimizer), and for
-    systems with a text prior or a recognizer-driven loss, the step share of those parts (timed on their own).
+    """Training throughput of each experiment's system as configured (its generator, loss mix and optimizer), side by
+    side in one run: PyTorch's defaults (fp32, eager, contiguous) and the configuration asked for (`precision`: auto =
+    what `stisr-train` picks on this machine; channels_last; compiled targets), with their ratio. For systems with a
+    text prior or a recognizer-driven loss, the step share of those parts in the second configuration.
     `compile_targets` are compiled through the system's own `compile_targets` option; a target that the step never
     calls through (so nothing was compiled) is an error, not a number."""
     import torch._dynamo
 
     from stisr_lightning.systems.textsr import TextSRSystem
-    from stisr_lightning.weights import build_system
 
-    memory_format = torch.channels_last if channels_last else torch.preserve_format
+    if precision == "auto":
+        precision = auto_precision(device)[0]
     rows = []
     for name in experiments:
         config = Path(name) if name.endswith(".yaml") else EXPERIMENTS / f"{name}.yaml"
         if not config.is_file():
             raise SystemExit(f"stisr-bench: no experiment {config}")
-        # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine);
-        # a recognizer the loss reads through the system (TextSR's TPL recognizer) stays.
-        model_args = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_args") or {}
-        kept = model_args.get("tpl_recognizer")
-        init_args = {"recognizers": {kept: model_args["recognizers"][kept]} if kept else {}, "val_recognizer": None}
-        if compile_targets:
-            init_args.update(compile_targets=compile_targets, compile_mode=compile_mode)
-        system = build_system(config, init_args).to(device).train()
-        system.configure_model()
-        if system.loss is None:
-            raise SystemExit(f"stisr-bench: {config} has no loss; it cannot be trained")
-        system.to(memory_format=memory_format)
         channels = _experiment_channels(config)
-        scale = getattr(system.generator, "scale_factor", 2)  # HR 32x128, LR at the generator's scale
-        batch = {
-            "lr": torch.rand(batch_size, channels, 32 // scale, 128 // scale, device=device).contiguous(
-                memory_format=memory_format),
-            "hr": torch.rand(batch_size, channels, 32, 128, device=device).contiguous(memory_format=memory_format),
-            "label": [BENCH_LABELS[i % len(BENCH_LABELS)] for i in range(batch_size)],
-        }
-        optimizers = system.configure_optimizers()
-        optimizers = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
-        optimizers = optimizers[0] if isinstance(optimizers, tuple) else optimizers  # (optimizers, schedulers)
-        autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
-
-        def step() -> int:
-            if isinstance(system, TextSRSystem):  # the discriminator's and the generator's update
-                for optimizer in optimizers:
-                    optimizer.zero_grad(set_to_none=True)
-                with autocast:
-                    system.iteration(batch, optimizers[0].step, optimizers[1].step, Tensor.backward)
-                return batch_size
-            optimizers.zero_grad(set_to_none=True)
-            with autocast:
-                total, _ = system.loss(system.forward_train(batch), batch)
-            total.backward()
-            torch.nn.utils.clip_grad_norm_(system.parameters(), 0.25)
-            optimizers.step()
-            return batch_size
-
-        options = [f"batch {batch_size}"] + ["bf16"] * bf16 + ["channels_last"] * channels_last
+        row = {"experiment": name, "batch": batch_size}
+        fast = [precision] + ["channels_last"] * channels_last
         if compile_targets:
-            options.append(f"compiled {'+'.join(compile_targets)} ({compile_mode})")
-        label = f"train {name} ({', '.join(options)})"
-        warmup = COMPILED_WARMUP_STEPS if compile_targets else 2
-        if compile_targets:  # earlier compilations in this process must not count
-            torch._dynamo.reset()
-            torch._dynamo.utils.counters.clear()
-        row = {"what": label, "workers": 1, "rate": rate(step, warmup=warmup), "unit": "images/s"}
-        if compile_targets and not torch._dynamo.utils.counters["stats"]["unique_graphs"]:
-            raise SystemExit(f"stisr-bench: {name}: no graph was compiled; the step does not call "
-                             f"{', '.join(compile_targets)} "
-                             "(name the method it calls, e.g. generator.forward_with_prior)")
-        step_seconds = batch_size / row["rate"]
-        shares = []
-        prior = getattr(system.generator, "position_prior", None)
-        if prior is not None:
-            def prior_step() -> None:
-                with autocast:
-                    output = prior(batch["lr"])
-                (output.vision_logits.sum() + output.language_logits.sum()).backward()
-            shares.append(f"ABINet prior {100 * _timed(prior_step, device) / step_seconds:.0f}%")
-        for term_name, term in system.loss.terms.items():
-            if getattr(term, "recognizer", None) is None or system.loss.weights[term_name] == 0:
-                continue
-            with autocast:
-                outputs = system.forward_train(batch)
-            outputs = {key: value.detach().requires_grad_(value.is_floating_point()) if torch.is_tensor(value) else value
-                       for key, value in outputs.items()}
+            fast.append(f"compiled {'+'.join(compile_targets)} ({compile_mode})")
+        for label, bf16, memory_format, targets in (
+            ("fp32 eager", False, torch.preserve_format, None),
+            (", ".join(fast), precision == "bf16-mixed", torch.channels_last if channels_last else torch.preserve_format,
+             compile_targets),
+        ):
+            torch.manual_seed(0)
+            system, optimizers = _build_trainable(config, name, device, targets, compile_mode)
+            system.to(memory_format=memory_format)
+            scale = getattr(system.generator, "scale_factor", 2)  # HR 32x128, LR at the generator's scale
+            batch = {
+                "lr": torch.rand(batch_size, channels, 32 // scale, 128 // scale, device=device).contiguous(
+                    memory_format=memory_format),
+                "hr": torch.rand(batch_size, channels, 32, 128, device=device).contiguous(memory_format=memory_format),
+                "label": [BENCH_LABELS[i % len(BENCH_LABELS)] for i in range(batch_size)],
+            }
+            autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
 
-            def term_step() -> None:
+            def step() -> int:
+                if isinstance(system, TextSRSystem):  # the discriminator's and the generator's update
+                    for optimizer in optimizers:
+                        optimizer.zero_grad(set_to_none=True)
+                    with autocast:
+                        system.iteration(batch, optimizers[0].step, optimizers[1].step, Tensor.backward)
+                    return batch_size
+                optimizers.zero_grad(set_to_none=True)
                 with autocast:
-                    value = term(outputs, batch)
-                value.backward()
-            shares.append(f"{term_name} loss {100 * _timed(term_step, device) / step_seconds:.0f}%")
-        if isinstance(system, TextSRSystem) and system.tpl_recognizer:
-            recognizer = system.recognizers[system.tpl_recognizer]
-            targets = recognizer.encode_text(batch["label"])[0].to(device)
-            sr = batch["hr"][:, :3].detach().requires_grad_()
+                    total, _ = system.loss(system.forward_train(batch), batch)
+                total.backward()
+                torch.nn.utils.clip_grad_norm_(system.parameters(), 0.25)
+                optimizers.step()
+                return batch_size
 
-            def tpl_step() -> None:
-                with autocast:
-                    logits = recognizer(sr, targets).logits
-                logits.float().logsumexp(-1).sum().backward()
-            shares.append(f"TPL ({system.tpl_recognizer}) {100 * _timed(tpl_step, device) / step_seconds:.0f}%")
-        row["share of step"] = ", ".join(shares) or "-"
+            if targets:  # earlier compilations in this process must not count
+                torch._dynamo.reset()
+                torch._dynamo.utils.counters.clear()
+            row[label] = rate(step, warmup=COMPILED_WARMUP_STEPS if targets else 2)
+            if targets and not torch._dynamo.utils.counters["stats"]["unique_graphs"]:
+                raise SystemExit(f"stisr-bench: {name}: no graph was compiled; the step does not call "
+                                 f"{', '.join(targets)} "
+                                 "(name the method it calls, e.g. generator.forward_with_prior)")
+        row["ratio"] = row[label] / row["fp32 eager"]
+        row["share of step"] = _step_shares(system, batch, autocast, device, batch_size / row[label])
         rows.append(row)
     return rows
+
+
+def _step_shares(system, batch: dict, autocast: torch.autocast, device: str, step_seconds: float) -> str:
+    """The share of a training step spent in the text prior and in each recognizer-driven loss (timed alone)."""
+    from stisr_lightning.systems.textsr import TextSRSystem
+
+    shares = []
+    prior = getattr(system.generator, "position_prior", None)
+    if prior is not None:
+        def prior_step() -> None:
+            with autocast:
+                output = prior(batch["lr"])
+            (output.vision_logits.sum() + output.language_logits.sum()).backward()
+        shares.append(f"ABINet prior {100 * _timed(prior_step, device) / step_seconds:.0f}%")
+    for term_name, term in system.loss.terms.items():
+        if getattr(term, "recognizer", None) is None or system.loss.weights[term_name] == 0:
+            continue
+        with autocast:
+            outputs = system.forward_train(batch)
+        outputs = {key: value.detach().requires_grad_(value.is_floating_point()) if torch.is_tensor(value) else value
+                   for key, value in outputs.items()}
+
+        def term_step() -> None:
+            with autocast:
+                value = term(outputs, batch)
+            value.backward()
+        shares.append(f"{term_name} loss {100 * _timed(term_step, device) / step_seconds:.0f}%")
+    if isinstance(system, TextSRSystem) and system.tpl_recognizer:
+        recognizer = system.recognizers[system.tpl_recognizer]
+        targets = recognizer.encode_text(batch["label"])[0].to(device)
+        sr = batch["hr"][:, :3].detach().requires_grad_()
+
+        def tpl_step() -> None:
+            with autocast:
+                logits = recognizer(sr, targets).logits
+            logits.float().logsumexp(-1).sum().backward()
+        shares.append(f"TPL ({system.tpl_recognizer}) {100 * _timed(tpl_step, device) / step_seconds:.0f}%")
+    return ", ".join(shares) or "-"
 
 
 def bench_sample(steps: list[int], batch_size: int, device: str, repeats: int, compile_mode: str | None) -> list[dict]:
@@ -285,7 +305,8 @@ def main(argv: list[str] | None = None) -> None:
                        help="experiment names (experiments/<name>.yaml) or config paths")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    train.add_argument("--bf16", action="store_true")
+    train.add_argument("--precision", default="auto", choices=["auto", "32-true", "bf16-mixed"],
+                       help="the configuration measured beside fp32 eager (auto: what stisr-train picks here)")
     train.add_argument("--channels-last", action="store_true")
     train.add_argument("--compile", nargs="+", metavar="TARGET", default=None,
                        help="system submodules or methods to torch.compile (generator, generator.forward_with_prior, "
@@ -309,7 +330,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "sample":
         rows = bench_sample(args.steps, args.batch_size, args.device, args.repeats, args.compile_mode)
     else:
-        rows = bench_train(args.experiments, args.batch_size, args.device, args.bf16, args.channels_last,
+        rows = bench_train(args.experiments, args.batch_size, args.device, args.precision, args.channels_last,
                            args.compile, args.compile_mode)
     print(f"machine: {machine()}")
     print(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".1f"))

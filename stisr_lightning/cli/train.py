@@ -1,5 +1,9 @@
 """`stisr-train`: LightningCLI over the suite's systems (LightningModules) and the STISR data module.
 
+Training precision defaults to what the machine computes fast (`stisr_lightning.hardware.auto_precision`: bf16-mixed
+on CPUs with AMX / AVX512-BF16 and on GPUs with bf16, fp32 elsewhere); `--trainer.precision 32-true` forces fp32.
+Validation and test always compute in fp32 (see `STISRSystem.validation_step`).
+
 Every run lives in `trainer.default_root_dir`: the resolved `config.yaml`, `checkpoints/`, the offline W&B run and
 `results.json`. `fit` is followed by `test` on the best checkpoint, so every trained run leaves its results.
 """
@@ -19,6 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 from stisr_lightning.callbacks.results import ResultsWriter
 from stisr_lightning.callbacks.wandb_samples import WandbSampleTable
 from stisr_lightning.data.datamodule import STISRDataModule
+from stisr_lightning.hardware import auto_precision
 from stisr_lightning.weights import load_weights
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
@@ -36,6 +41,7 @@ class STISRCLI(LightningCLI):
             trainer_defaults={
                 "logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "stisr-lightning", "offline": True}},
                 "use_distributed_sampler": False,
+                "precision": auto_precision()[0],
                 "callbacks": [
                     ModelCheckpoint(monitor="val/psnr", mode="max", filename="best", save_last="link"),
                     ResultsWriter(),
@@ -92,6 +98,10 @@ class STISRCLI(LightningCLI):
 
     def before_fit(self) -> None:
         self._prepare_run()
+        precision, reason = auto_precision(self.trainer.strategy.root_device.type)
+        chosen = self.config[self.subcommand].trainer.precision
+        why = f"the default here: {reason}" if str(chosen) == precision else f"set; the default here is {precision}"
+        print(f"stisr-train: training precision {chosen} ({why})", flush=True)
 
     def before_test(self) -> None:
         self._prepare_run()

@@ -205,7 +205,16 @@ class STISRSystem(LightningModule):
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
 
     # ----------------------------------------------------------------------------------------------- validation
+    def full_precision(self) -> torch.autocast:
+        """Validation and test compute in fp32 whatever precision training uses, so that every reported number
+        means the same on every machine (and model selection is not made on bf16-rounded images)."""
+        return torch.autocast(self.device.type, enabled=False)
+
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        with self.full_precision():
+            self._validate(batch)
+
+    def _validate(self, batch: dict[str, Any]) -> None:
         sr = self.super_resolve(batch["lr"], batch)
         self.val_metrics.update(sr, batch["hr"])
         if self.val_recognizer:
@@ -240,7 +249,10 @@ class STISRSystem(LightningModule):
             self.test_metrics[_slot(name)] = nn.ModuleDict(per_set).to(self.device)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
-        name = self.test_set_names[dataloader_idx]
+        with self.full_precision():
+            self._test(batch, self.test_set_names[dataloader_idx])
+
+    def _test(self, batch: dict[str, Any], name: str) -> None:
         metrics = self.test_metrics[_slot(name)]
         sr, seconds = self._timed_super_resolve(batch)
         metrics["sr_seconds"].update(torch.tensor(seconds, device=self.device))
