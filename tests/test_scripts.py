@@ -33,7 +33,7 @@ def run_main_job(tmp_path: Path, cuda: bool, **env: str) -> list[str]:
 
 @pytest.mark.parametrize(
     "cuda, schedule",
-    [(False, ("4000", "300", "800", "16", "2")), (True, ("30000", "1500", "20000", "64", "8"))],
+    [(False, ("20000", "900", "1000", "32", "1")), (True, ("30000", "1500", "20000", "64", "8"))],
 )
 def test_main_job_picks_the_cpu_or_gpu_schedule(tmp_path, cuda, schedule):
     train, test, steps, batch, workers = schedule
@@ -50,3 +50,8 @@ def test_main_job_picks_the_cpu_or_gpu_schedule(tmp_path, cuda, schedule):
 def test_main_job_environment_overrides_the_schedule(tmp_path):
     _, _, fit, _ = run_main_job(tmp_path, cuda=True, STEPS="5", BATCH="2", TRAIN="8", TEST="3")
     assert "--trainer.max_steps=5" in fit and "--data.batch_size=2" in fit and "synthetic-8-3/train" in fit
+
+
+def test_main_job_trains_tsrn_without_its_stn_on_aligned_synthetic_pairs(tmp_path):
+    _, _, fit, _ = run_main_job(tmp_path, cuda=False, DATA=str(tmp_path / "data"))
+    assert "--model.init_args.generator.init_args.use_stn=false" in fit and "--data.val_fraction=0.01" in fit
