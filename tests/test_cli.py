@@ -92,6 +92,7 @@ def test_ddp_evaluation_equals_single_process(tiny_textzoom, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
         records[name] = json.loads((tmp_path / name / "results.json").read_text())
     assert records["ddp"]["world_size"] == 2
+    assert records["single"]["precision"] == {"train": None, "test": "32-true"}  # evaluated, never trained
     assert records["ddp"]["test_set_sizes"] == records["single"]["test_set_sizes"]
     assert records["ddp"]["metrics"].keys() == records["single"]["metrics"].keys()
     for key, value in records["single"]["metrics"].items():

@@ -141,8 +141,8 @@ class ResultsWriter(Callback):
             "packages": package_versions(),
             "data_fingerprint": data_fingerprint(data_paths),
             "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu ({describe_cpu()})",
-            # training ran at this precision; validation and test always compute in fp32
-            "precision": {"train": str(trainer.precision), "test": "32-true"},
+            # training ran at this precision (None: nothing was trained here); validation and test always use fp32
+            "precision": {"train": None if self._fit_start is None else str(trainer.precision), "test": "32-true"},
             "world_size": trainer.world_size,
             "wall_time_s": {
                 "fit": None if self._fit_start is None else self._test_start - self._fit_start,
