@@ -7,7 +7,7 @@
 # training inputs (the official behaviour), so on aligned data it only makes training and testing differ (measured on
 # 200 held-out pairs, bicubic 17.77 dB: with the STN 15.2 / 15.0 / 13.9 dB at steps 250 / 500 / 750, without it
 # 16.9 dB at step 250). On real TextZoom keep experiments/tsrn.yaml's STN.
-# CPU defaults: 20,000 training pairs, 900 test pairs, 1,000 steps at batch 32, about 40 minutes on 2 cores with
+# CPU defaults: 20,000 training pairs, 900 test pairs, 1,000 steps at batch 32: 37.5 minutes on 2 cores with
 # native bf16 (stisr-train picks bf16-mixed there; on a CPU without it, fp32 takes about twice as long). With a CUDA
 # GPU the defaults become the GPU schedule (30,000 pairs, 1,500 test pairs, 20,000 steps at batch 64).
 # Sizes can be changed through the environment: TRAIN, TEST, STEPS, BATCH, WORKERS, DATA, OUT.
