@@ -118,7 +118,7 @@ COMPILED_WARMUP_STEPS = 5
 """Compilation and CUDA-graph recording happen in the first calls; they are not throughput."""
 
 
-def _build_trainable(config: Path, name: str, device: str, compile_targets: list[str] | None, compile_mode: str):
+def _build_trainable(config: Path, device: str, compile_targets: list[str] | None, compile_mode: str):
     """The experiment's system as configured, without evaluation-only recognizers, and its optimizer(s)."""
     from stisr_lightning.weights import build_system
 
@@ -176,7 +176,7 @@ def bench_train(
              compile_targets),
         ):
             torch.manual_seed(0)
-            system, optimizers = _build_trainable(config, name, device, targets, compile_mode)
+            system, optimizers = _build_trainable(config, device, targets, compile_mode)
             system.to(memory_format=memory_format)
             scale = getattr(system.generator, "scale_factor", 2)  # HR 32x128, LR at the generator's scale
             batch = {
