@@ -30,8 +30,11 @@ def test_fit_then_test_writes_run_directory(tiny_textzoom, tmp_path):
     assert record["precision"] == {"train": auto_precision("cpu")[0], "test": "32-true"}
     assert record["config"]["model"]["init_args"]["generator"]["class_path"].endswith("SRCNN")
     assert (tmp_path / "config.yaml").is_file() and (tmp_path / "checkpoints" / "best.ckpt").is_file()
-    state = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]
-    assert all(key.startswith("generator.") for key in state)
+    best = torch.load(tmp_path / "checkpoints" / "best.ckpt", weights_only=False)
+    assert all(key.startswith("generator.") for key in best["state_dict"])
+    assert record["tested_checkpoint"] == {"path": str(tmp_path / "checkpoints" / "best.ckpt"), "step": best["global_step"]}
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert not last.is_symlink() and torch.load(last, weights_only=False)["global_step"] == 4
 
 
 def test_fit_without_keeping_checkpoints_tests_the_best_one_then_removes_them(tiny_textzoom, tmp_path):

@@ -153,6 +153,9 @@ class ResultsWriter(Callback):
                 "test": sum(sizes.values()) / test_seconds if test_seconds else None,
             },
             "global_step": trainer.global_step,
+            # the weights the metrics come from: a checkpoint file and its step, or null for the weights in memory
+            "tested_checkpoint": {"path": trainer.ckpt_path, "step": getattr(pl_module, "loaded_checkpoint_step", None)}
+            if trainer.ckpt_path else None,
         }
         out = Path(trainer.default_root_dir) / self.filename
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,8 @@ class STISRCLI(LightningCLI):
                 "use_distributed_sampler": False,
                 "precision": auto_precision()[0],
                 "callbacks": [
-                    ModelCheckpoint(monitor="val/psnr", mode="max", filename="best", save_last="link"),
+                    # last.ckpt is a file (a link would name the best one); after fit it holds the final state
+                    ModelCheckpoint(monitor="val/psnr", mode="max", filename="best", save_last=True),
                     ResultsWriter(),
                     WandbSampleTable(),
                 ],
@@ -111,6 +112,10 @@ class STISRCLI(LightningCLI):
 
     def after_fit(self) -> None:
         config = self.config[self.subcommand]
+        checkpoint = self.trainer.checkpoint_callback
+        if config.keep_checkpoints and checkpoint is not None and checkpoint.dirpath:
+            # the final state: training may stop between two validations, and last.ckpt is written at validations
+            self.trainer.save_checkpoint(Path(checkpoint.dirpath) / "last.ckpt")
         wanted = config.test_after_fit and getattr(self.datamodule, "test_sets", None)
         if wanted and is_overridden("test_step", self.model):
             best = self.trainer.checkpoint_callback.best_model_path if self.trainer.checkpoint_callback else ""

@@ -348,6 +348,9 @@ class STISRSystem(LightningModule):
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Frozen recognizers are restored from the system itself; the step of the loaded weights is kept for
+        results.json (a test after fit runs on the best checkpoint, not on the last step)."""
+        self.loaded_checkpoint_step = checkpoint.get("global_step")
         prefixes = self._frozen_prefixes()
         own = {k: v for k, v in self.state_dict().items() if k.startswith(prefixes)}
         checkpoint["state_dict"] = {**own, **checkpoint["state_dict"]}
