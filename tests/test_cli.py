@@ -1,12 +1,16 @@
-"""The commands as a user runs them: stisr-train / stisr-eval / stisr-sr, including DDP on CPU (subprocesses)."""
+"""The commands as a user runs them: stisr-train / stisr-eval, including DDP on CPU (subprocesses)."""
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from fakes import run_command, tiny_run_args
+from fakes import REPO, run_command, tiny_run_args
+from PIL import Image
 
 from stisr_lightning.cli.train import STISRCLI
 from stisr_lightning.hardware import auto_precision
@@ -56,8 +60,27 @@ def test_config_hash_ignores_where_the_run_lives(tiny_textzoom, tmp_path):
 def test_unknown_config_key_is_a_one_line_error(tmp_path):
     result = run_command("stisr_lightning.cli.train", "fit", "--config", "experiments/srcnn.yaml",
                          "--model.init_args.bogus_switch=1", f"--trainer.default_root_dir={tmp_path}")
-    assert result.returncode != 0
-    assert "bogus_switch" in result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        """stisr-train fit: error: Parser key "model": Option 'bogus_switch' is not accepted """
+        "(stisr-train fit --help for usage)"]
+
+
+@pytest.mark.parametrize("module, argv, expected", [
+    ("stisr_lightning.cli.compare", [], "stisr-compare: error: the following arguments are required: runs "
+                                        "(stisr-compare --help for usage)"),
+    ("stisr_lightning.cli.data", ["calibrate"], "stisr-data calibrate: error: the following arguments are required: "
+                                                "data_dir (stisr-data calibrate --help for usage)"),
+    ("stisr_lightning.cli.bench", ["train", "--batch-size", "x"], "stisr-bench train: error: argument --batch-size: "
+                                                                  "invalid int value: 'x' (stisr-bench train --help for usage)"),
+])
+def test_argparse_commands_say_what_is_wrong_in_one_line(module, argv, expected, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_:
+        importlib.import_module(module).main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [expected]
 
 
 def test_official_checkpoint_of_another_architecture_names_the_keys(tiny_textzoom, tmp_path):
@@ -69,20 +92,27 @@ def test_official_checkpoint_of_another_architecture_names_the_keys(tiny_textzoo
     assert "other.pth" in last and "missing" in last and "conv.weight" in last
 
 
-def test_super_resolve_files_and_skips_unreadable(tiny_textzoom, tmp_path):
-    from PIL import Image
-
-    inputs = tmp_path / "in"
-    inputs.mkdir()
-    Image.new("RGB", (200, 40), (200, 200, 200)).save(inputs / "wide.png")
-    Image.new("RGB", (10, 30), (20, 20, 20)).save(inputs / "tall.jpg")
-    (inputs / "broken.png").write_bytes(b"not an image")
-    result = run_command("stisr_lightning.cli.super_resolve", "none", str(inputs), "-o", str(tmp_path / "out"),
-                         "--config", "experiments/bicubic.yaml")
-    assert result.returncode == 0, result.stderr
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["tall.png", "wide.png"]
-    assert Image.open(tmp_path / "out" / "wide.png").size == (128, 32)
-    assert "broken.png" in result.stderr
+def test_offline_wandb_run_lives_in_the_run_folder_with_its_sample_images(tiny_textzoom, tmp_path):
+    """Started from another working directory: the W&B run is written under the run folder, closed cleanly, and
+    every row of its samples table names PNG files that exist there."""
+    run_dir, elsewhere = tmp_path / "run", tmp_path / "cwd"
+    elsewhere.mkdir()
+    args = tiny_args(tiny_textzoom, run_dir, "--trainer.logger=lightning.pytorch.loggers.WandbLogger")
+    result = subprocess.run([sys.executable, "-m", "stisr_lightning.cli.evaluate", "--config",
+                             str(REPO / "experiments" / "bicubic.yaml"), *args], cwd=elsewhere, capture_output=True,
+                            text=True, timeout=600, env=dict(os.environ, WANDB_MODE="offline",
+                                                              PYTHONPATH=str(REPO / "tests")))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (elsewhere / "wandb").exists()
+    (wandb_run,) = (run_dir / "wandb").glob("offline-run-*")
+    assert "HandleAbandonedError" not in (wandb_run / "logs" / "debug.log").read_text()
+    (table_file,) = (wandb_run / "files" / "media" / "table" / "test").glob("samples_*.table.json")
+    table = json.loads(table_file.read_text())
+    files = table["columns"].index("files")
+    assert [row[0] for row in table["data"]] == ["tiny/easy"] * 6 + ["tiny/medium"] * 4
+    for row in table["data"]:
+        for kind, size in (("lr", (64, 16)), ("sr", (128, 32)), ("hr", (128, 32))):
+            assert Image.open(run_dir / f"{row[files]}-{kind}.png").size == size
 
 
 def test_ddp_evaluation_equals_single_process(tiny_textzoom, tmp_path):

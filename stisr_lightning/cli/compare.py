@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from stisr_lightning.cli.parsing import ArgumentParser
+
 
 def load_results(run_dir: str | Path) -> dict[str, float]:
     path = Path(run_dir) / "results.json"
@@ -49,7 +51,7 @@ def _column_order(column: str) -> tuple:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="stisr-compare", description=__doc__,
+    parser = ArgumentParser(prog="stisr-compare", description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("runs", nargs="+", help="run directories (each with results.json)")
     parser.add_argument("--dataset", default="synthetic", help="dataset part of the metric keys")

@@ -7,6 +7,7 @@ import json
 import time
 from pathlib import Path
 
+from stisr_lightning.cli.parsing import ArgumentParser
 from stisr_lightning.data.str_benchmarks import materialize_str_benchmark
 from stisr_lightning.data.synthetic import make_synthetic
 from stisr_lightning.data.textzoom import BLANK_STD, LOW_CONTRAST_RANGE, inspect_lmdb
@@ -62,8 +63,8 @@ def _calibrate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(record, indent=2))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stisr-data", description=__doc__)
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(prog="stisr-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     synthetic = commands.add_parser("make-synthetic", help="render train/test LMDBs in TextZoom layout")
     synthetic.add_argument("--out", required=True)

@@ -13,6 +13,7 @@ SR = MRD(generator(lr), mask of TextDiff's B_M on lr); both options are recorded
 from __future__ import annotations
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -74,7 +75,9 @@ def main(args: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     for dashed, underscored in DASHED_OPTIONS.items():
         args = [underscored + arg[len(dashed):] if arg.split("=")[0] == dashed else arg for arg in args]
-    EvaluateCLI(args=["test", *args])
+    # the arguments are the command line's, rewritten: LightningCLI's warning about getting both does not apply
+    warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+    EvaluateCLI(args=["test", *args], prog="stisr-eval")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,13 @@ from typing import Optional
 
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.cli import LightningCLI
 
 from stisr_lightning.callbacks.results import ResultsWriter
 from stisr_lightning.callbacks.wandb_samples import WandbSampleTable
+from stisr_lightning.cli.parsing import OneLineLightningParser
 from stisr_lightning.data.datamodule import STISRDataModule
 from stisr_lightning.hardware import auto_precision
 from stisr_lightning.weights import load_weights
@@ -30,13 +32,15 @@ WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
 
 
 class STISRCLI(LightningCLI):
-    def __init__(self, args=None, run: bool = True):
+    def __init__(self, args=None, run: bool = True, prog: str = "stisr-train"):
         os.environ.setdefault("WANDB_MODE", "offline")
         super().__init__(
             LightningModule,
             STISRDataModule,
             subclass_mode_model=True,
             save_config_callback=None,
+            parser_class=OneLineLightningParser,
+            parser_kwargs={"prog": prog},
             seed_everything_default=0,
             trainer_defaults={
                 "logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "stisr-lightning", "offline": True}},
@@ -71,12 +75,14 @@ class STISRCLI(LightningCLI):
         )
 
     def before_instantiate_classes(self) -> None:
-        """Keep the W&B files inside the run directory unless the config says otherwise."""
+        """Keep the W&B files inside the run directory unless the config names another `save_dir` (WandbLogger's
+        default, ".", counts as none: it would put every run's files in the working directory)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         root = config.trainer.default_root_dir or os.getcwd()
         logger = config.trainer.logger
         if logger and not isinstance(logger, (bool, list)) and logger.class_path == WANDB_LOGGER:
-            logger.init_args.save_dir = logger.init_args.get("save_dir") or root
+            if logger.init_args.get("save_dir") in (None, "", "."):
+                logger.init_args.save_dir = root
             Path(logger.init_args.save_dir).mkdir(parents=True, exist_ok=True)
 
     def _prepare_run(self) -> None:
@@ -110,6 +116,20 @@ class STISRCLI(LightningCLI):
     def before_validate(self) -> None:
         self._prepare_run()
 
+    def after_test(self) -> None:
+        self._finish_wandb()
+
+    def after_validate(self) -> None:
+        self._finish_wandb()
+
+    def _finish_wandb(self) -> None:
+        """Close the W&B run while the process lives: left to exit, it loses its last records (HandleAbandonedError
+        in the run's debug log)."""
+        if self.trainer.is_global_zero:
+            for logger in self.trainer.loggers:
+                if isinstance(logger, WandbLogger):
+                    logger.experiment.finish()
+
     def after_fit(self) -> None:
         config = self.config[self.subcommand]
         checkpoint = self.trainer.checkpoint_callback
@@ -122,6 +142,7 @@ class STISRCLI(LightningCLI):
             self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path=best or None)
         if not config.keep_checkpoints and self.trainer.is_global_zero:
             shutil.rmtree(Path(self.trainer.default_root_dir) / "checkpoints", ignore_errors=True)
+        self._finish_wandb()
 
 
 def main(args=None) -> None:

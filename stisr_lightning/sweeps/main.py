@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from stisr_lightning.cli.parsing import ArgumentParser
 from stisr_lightning.sweeps.expand import Cell, Expander, Expansion
 from stisr_lightning.sweeps.run import SweepRunner, stisr_train_command
 from stisr_lightning.sweeps.spec import SweepSpec, SweepSpecError, load_spec, sweeps_root
@@ -28,8 +29,8 @@ from stisr_lightning.sweeps.tables import write_tables
 from stisr_lightning.sweeps.wandb_io import DEFAULT_PROJECT, CellLoggers, default_offline, log_aggregate, with_tracking
 
 
-def build_parser(report: bool, command: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="stisr-sweep" + (f" {command}" if command else ""), description=__doc__,
+def build_parser(report: bool, command: str = "") -> ArgumentParser:
+    parser = ArgumentParser(prog="stisr-sweep" + (f" {command}" if command else ""), description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("spec", help="sweep file: a path, or a name under sweeps/ (e.g. ablations/lemma.yaml)")
     parser.add_argument("--preset", default="tiny", help="tiny (CPU CI), small (one GPU) or full (the paper's recipe)")

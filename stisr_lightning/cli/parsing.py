@@ -1,0 +1,45 @@
+"""Command-line errors as one line that names what is wrong; the usage block only on request (`--help`)."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from typing import NoReturn
+
+from jsonargparse import ArgumentParser as JsonArgumentParser
+from lightning.pytorch.cli import LightningArgumentParser
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose errors (and its subcommands' errors) are `prog: error: message`, without the usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} ({self.prog} --help for usage)\n")
+
+
+def summarize_jsonargparse_error(message: str) -> str:
+    """The one line of a jsonargparse message that says what is wrong, after the key it concerns.
+
+    jsonargparse nests the cause under 'Parser key "model":' and a list of every type it tried; the cause is the
+    line naming an option that is not accepted, a missing file or an expected type."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if not lines:
+        return message
+    head = lines[0]
+    for pattern in (r"Option '.*' is not accepted", r"does not exist", r"Expected a", r"[Nn]ot a valid", r"[Ii]nvalid"):
+        cause = next((line for line in lines if re.search(pattern, line)), None)
+        if cause is not None:
+            return head if cause == head else f"{head} {cause}"
+    return " ".join(lines[:2])
+
+
+class OneLineLightningParser(LightningArgumentParser):
+    """stisr-train's parser: jsonargparse's error (usage block, then a nested message) as one line."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error:
+            JsonArgumentParser.error(self, message, ex)
+        prog = self.prog.replace(" [options]", "")
+        sys.stderr.write(f"{prog}: error: {summarize_jsonargparse_error(message)} ({prog} --help for usage)\n")
+        sys.exit(2)
