@@ -3,7 +3,7 @@
     .venv/bin/python scripts/sr_examples.py CHECKPOINT [--config RUN_CONFIG] --out docs/stisr_sr_examples.png
 
 Each crop is a synthetic word rendered at an HR size of its own (not TextZoom's 32x128) and degraded by the
-embedded default's `medium` level, seeded; both columns come from `stisr-sr`'s own code path (`super_resolve_file`).
+embedded default's easy / medium / hard levels in turn, seeded; both columns come from `stisr-sr`'s own code path (`super_resolve_file`).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from stisr_lightning.weights import load_system, run_config_for
 CROPS = [("Lockers", (28, 96)), ("No.57805.00", (32, 180)), ("WHEELCHAIR", (24, 150)), ("Sunless", (40, 110)),
          ("tempestuously:", (30, 260))]
 """(word, HR height x width): the LR crops are half of these."""
-ZOOM = 3
+ZOOM = 2
 LABEL_WIDTH = 110
 
 
@@ -34,8 +34,9 @@ def make_crops(folder: Path, seed: int = 0) -> list[tuple[Path, np.ndarray]]:
     crops = []
     for index, (word, size) in enumerate(CROPS):
         hr = render_legible(word, fonts, size, random.Random(f"{seed}/examples/{index}"))
-        hr_tensor = torch.from_numpy(hr).permute(2, 0, 1)[None].float() / 255
-        lr = degrade_level(hr_tensor, LEVELS["medium"], seed, torch.tensor([index]))[0]
+        hr_tensor = torch.from_numpy(hr.copy()).permute(2, 0, 1)[None].float() / 255
+        level = LEVELS[("easy", "medium", "hard")[index % 3]]
+        lr = degrade_level(hr_tensor, level, seed, torch.tensor([index]))[0]
         path = folder / f"{index}-{word.strip(':.')}.png"
         Image.fromarray(lr.mul(255).round().byte().permute(1, 2, 0).numpy()).save(path)
         crops.append((path, hr))

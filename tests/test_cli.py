@@ -73,6 +73,7 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path):
                                                 "data_dir (stisr-data calibrate --help for usage)"),
     ("stisr_lightning.cli.bench", ["train", "--batch-size", "x"], "stisr-bench train: error: argument --batch-size: "
                                                                   "invalid int value: 'x' (stisr-bench train --help for usage)"),
+    ("stisr_lightning.cli.data", ["inspect", "/nonexistent/lmdb"], "stisr-data: error: /nonexistent/lmdb: LMDB not found"),
 ])
 def test_argparse_commands_say_what_is_wrong_in_one_line(module, argv, expected, capsys):
     import importlib

@@ -23,7 +23,7 @@ import torch
 import yaml
 from torch import Tensor
 
-from stisr_lightning.cli.parsing import ArgumentParser
+from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
 from stisr_lightning.hardware import auto_precision, describe_cpu
 from stisr_lightning.models.recognizers.catalog import READERS, build_reader
 
@@ -286,6 +286,7 @@ def bench_sample(steps: list[int], batch_size: int, device: str, repeats: int, c
     return rows
 
 
+@one_line_errors("stisr-bench")
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="stisr-bench", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from stisr_lightning.cli.parsing import ArgumentParser
+from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
 
 
 def load_results(run_dir: str | Path) -> dict[str, float]:
@@ -50,6 +50,7 @@ def _column_order(column: str) -> tuple:
     return recognizer, SUBSET_ORDER.get(subset, 50), subset
 
 
+@one_line_errors("stisr-compare")
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="stisr-compare", description=__doc__,
                                      formatter_class=argparse.RawTextHelpFormatter)

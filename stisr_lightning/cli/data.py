@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from stisr_lightning.cli.parsing import ArgumentParser
+from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
 from stisr_lightning.data.str_benchmarks import materialize_str_benchmark
 from stisr_lightning.data.synthetic import make_synthetic
 from stisr_lightning.data.textzoom import BLANK_STD, LOW_CONTRAST_RANGE, inspect_lmdb
@@ -99,6 +99,7 @@ def build_parser() -> ArgumentParser:
     return parser
 
 
+@one_line_errors("stisr-data")
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     if args.command == "make-synthetic":

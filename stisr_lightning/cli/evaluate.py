@@ -17,6 +17,7 @@ import warnings
 from pathlib import Path
 from typing import Optional
 
+from stisr_lightning.cli.parsing import one_line_errors
 from stisr_lightning.cli.train import STISRCLI
 from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.weights import read_checkpoint
@@ -71,6 +72,7 @@ class EvaluateCLI(STISRCLI):
         self.model.generator = RefinedGenerator(self.model.generator, refiner, config.refine_steps)
 
 
+@one_line_errors("stisr-eval")
 def main(args: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if args is None else args)
     for dashed, underscored in DASHED_OPTIONS.items():

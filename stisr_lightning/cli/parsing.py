@@ -1,14 +1,19 @@
-"""Command-line errors as one line that names what is wrong; the usage block only on request (`--help`)."""
+"""Command-line errors as one line that names what is wrong: the usage block only on request (`--help`), a traceback
+only on request (STISR_TRACEBACK=1)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 import re
 import sys
-from typing import NoReturn
+from typing import Callable, NoReturn, TypeVar
 
 from jsonargparse import ArgumentParser as JsonArgumentParser
 from lightning.pytorch.cli import LightningArgumentParser
+
+T = TypeVar("T")
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -43,3 +48,23 @@ class OneLineLightningParser(LightningArgumentParser):
         prog = self.prog.replace(" [options]", "")
         sys.stderr.write(f"{prog}: error: {summarize_jsonargparse_error(message)} ({prog} --help for usage)\n")
         sys.exit(2)
+
+
+def one_line_errors(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
+    """A command's `main` that reports a bad input file (missing, unreadable, corrupt, already there: `OSError`) as
+    `prog: error: message` with exit code 2 instead of a traceback; STISR_TRACEBACK=1 shows the traceback."""
+
+    def wrap(main: Callable[..., T]) -> Callable[..., T]:
+        @functools.wraps(main)
+        def wrapped(*args, **kwargs) -> T:
+            try:
+                return main(*args, **kwargs)
+            except OSError as error:
+                if os.environ.get("STISR_TRACEBACK"):
+                    raise
+                sys.stderr.write(f"{prog}: error: {' '.join(str(error).split())}\n")
+                sys.exit(2)
+
+        return wrapped
+
+    return wrap

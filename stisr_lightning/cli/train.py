@@ -23,7 +23,7 @@ from lightning.pytorch.cli import LightningCLI
 
 from stisr_lightning.callbacks.results import ResultsWriter
 from stisr_lightning.callbacks.wandb_samples import WandbSampleTable
-from stisr_lightning.cli.parsing import OneLineLightningParser
+from stisr_lightning.cli.parsing import OneLineLightningParser, one_line_errors
 from stisr_lightning.data.datamodule import STISRDataModule
 from stisr_lightning.hardware import auto_precision
 from stisr_lightning.weights import load_weights
@@ -145,6 +145,7 @@ class STISRCLI(LightningCLI):
         self._finish_wandb()
 
 
+@one_line_errors("stisr-train")
 def main(args=None) -> None:
     STISRCLI(args=args)
 

@@ -20,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-from stisr_lightning.cli.parsing import ArgumentParser
+from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
 from stisr_lightning.sweeps.expand import Cell, Expander, Expansion
 from stisr_lightning.sweeps.run import SweepRunner, stisr_train_command
 from stisr_lightning.sweeps.spec import SweepSpec, SweepSpecError, load_spec, sweeps_root
@@ -207,6 +207,7 @@ def run(argv: list[str]) -> int:
     return summarize(expansion, records, expand_s, runner)
 
 
+@one_line_errors("stisr-sweep")
 def main(argv: list[str] | None = None) -> None:
     try:
         code = run(sys.argv[1:] if argv is None else argv)
