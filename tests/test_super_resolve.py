@@ -149,3 +149,17 @@ def test_missing_checkpoint_is_a_one_line_error(crops, tmp_path):
                          str(tmp_path / "out"))
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [f"stisr-sr: error: checkpoint {tmp_path / 'nope.ckpt'} does not exist"]
+
+
+def test_readme_examples_are_crops_of_their_own_sizes_through_the_command_path(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sr_examples", REPO / "scripts" / "sr_examples.py")
+    examples = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(examples)
+    crops = examples.make_crops(tmp_path)
+    assert [Image.open(path).size for path, _ in crops] == [(w // 2, h // 2) for _, (h, w) in examples.CROPS]
+    assert [hr.shape[:2] for _, hr in crops] == [size for _, size in examples.CROPS]
+    rows = [[Image.new("RGB", (w, h)) for _ in range(4)] for _, (h, w) in examples.CROPS]
+    sheet = examples.figure(rows, ["a", "b", "c", "d"])
+    assert sheet.size == (4 * (260 * examples.ZOOM + 8), 20 + sum(h * examples.ZOOM + 8 for _, (h, _) in examples.CROPS))
