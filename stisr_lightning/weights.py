@@ -8,15 +8,35 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import Tensor, nn
-
-from stisr_lightning.models.recognizers.base import load_state_dict_strict, strip_prefix
 
 SHIPPED_PREFIX = "shipped:"
 SHIPPED_GENERATORS = Path(__file__).resolve().parent / "models" / "generators" / "weights"
 """Generator weights the suite trained itself and ships in the package, named `shipped:<name>` in configs
 (`shipped:tsrn_synthetic` is `models/generators/weights/tsrn_synthetic.pt`; its recipe is beside it)."""
+
+
+def strip_prefix(state_dict: dict[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
+    """Remove a DataParallel-style prefix from every key that has it."""
+    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
+
+
+def load_state_dict_strict(module: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
+    """The one strict loader: every mismatch (a shape, missing or unexpected keys) is a one-line ValueError that names
+    `source`."""
+    own = module.state_dict()
+    for key, value in state_dict.items():
+        if key in own and tuple(own[key].shape) != tuple(value.shape):
+            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, "
+                             f"{type(module).__name__} expects {tuple(own[key].shape)}")
+    result = module.load_state_dict(state_dict, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        missing = ", ".join(result.missing_keys[:8]) + (" ..." if len(result.missing_keys) > 8 else "")
+        unexpected = ", ".join(result.unexpected_keys[:8]) + (" ..." if len(result.unexpected_keys) > 8 else "")
+        raise ValueError(
+            f"{source}: checkpoint does not match {type(module).__name__} "
+            f"(missing {len(result.missing_keys)}: [{missing}]; unexpected {len(result.unexpected_keys)}: [{unexpected}])"
+        )
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -123,44 +143,3 @@ def frozen_loss_recognizer(recognizer: Any, path: str | None, owner: str, hint: 
 def load_weights(module: nn.Module, path: str | Path, lightning_prefix: str = "generator.") -> None:
     state = drop_unused_official_keys(type(module), extract_state_dict(read_checkpoint(path), lightning_prefix), str(path))
     load_state_dict_strict(module, complete_separately_released(module, state, str(path)), str(path))
-
-
-def run_config_for(checkpoint_path: str | Path) -> Path:
-    """A suite checkpoint lives in `<run>/checkpoints/`; the run's resolved config is `<run>/config.yaml`."""
-    checkpoint_path = Path(checkpoint_path)
-    for parent in checkpoint_path.parents:
-        candidate = parent / "config.yaml"
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"{checkpoint_path}: no config.yaml in any parent directory; pass --config")
-
-
-def build_system(config_path: str | Path, init_args: dict | None = None) -> nn.Module:
-    """Instantiate the run's system (`model:` section of its config, `init_args` replacing some of its arguments)
-    without data, trainer or logger."""
-    from jsonargparse import ArgumentParser
-
-    from stisr_lightning.systems.base import STISRSystem
-
-    config = yaml.safe_load(Path(config_path).read_text())
-    if "model" not in config:
-        raise ValueError(f"{config_path}: no 'model' section")
-    config["model"].setdefault("init_args", {}).update(init_args or {})
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(STISRSystem, "model")
-    return parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
-
-
-def load_system(checkpoint_path: str | Path | None, config_path: str | Path | None = None) -> nn.Module:
-    """A system ready for inference: from a suite checkpoint (config found beside it) or a config alone (bicubic)."""
-    if checkpoint_path is None and config_path is None:
-        raise ValueError("load_system needs a checkpoint, a config, or both")
-    system = build_system(config_path or run_config_for(checkpoint_path))
-    if checkpoint_path is not None:
-        checkpoint = read_checkpoint(checkpoint_path)
-        if isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint:
-            system.on_load_checkpoint(checkpoint)
-            load_state_dict_strict(system, checkpoint["state_dict"], str(checkpoint_path))
-        else:
-            load_state_dict_strict(system.generator, extract_state_dict(checkpoint), str(checkpoint_path))
-    return system.eval()

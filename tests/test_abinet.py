@@ -7,7 +7,8 @@ import yaml
 import torch.nn.functional as F
 
 from fakes import random_official_state
-from stisr_lightning.losses.recognition import PriorFineTuneCE, abinet_label_ids
+from stisr_lightning.data.charset import abinet_label_ids
+from stisr_lightning.losses.recognition import PriorFineTuneCE
 from stisr_lightning.models.recognizers.abinet import (
     ABINetPrior,
     ABINetRecognizer,

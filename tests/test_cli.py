@@ -157,7 +157,7 @@ def test_eval_refine_with_cascades_a_textdiff_run_and_records_it(tiny_textzoom, 
     import yaml
 
     from stisr_lightning.systems.textdiff import TextDiffSystem
-    from stisr_lightning.weights import build_system
+    from stisr_lightning.systems.loading import build_system
 
     tiny = {"channels": 8, "num_blocks": 1, "tpg_hidden_size": 16, "unet_channels": 8, "channel_multipliers": [1, 2],
             "attention_levels": [], "num_inference_steps": 3}

@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from stisr_lightning.metrics.fid import TextFeatureFID
-from stisr_lightning.metrics.image import PSNR, SSIM, gaussian_window
+from stisr_lightning.data.image_ops import gaussian_window
+from stisr_lightning.metrics.image import PSNR, SSIM
 from stisr_lightning.metrics.lpips import LPIPS, backbone_weights_path
 from stisr_lightning.metrics.recognition import NormalizedEditDistance, WordAccuracy, levenshtein, weighted_average
 from stisr_lightning.models.recognizers.base import RecognitionOutput

@@ -9,7 +9,7 @@ import torch
 from stisr_lightning import hardware
 from stisr_lightning.data.synthetic import make_synthetic
 from stisr_lightning.data.textzoom import TextZoomLMDB
-from stisr_lightning.weights import build_system
+from stisr_lightning.systems.loading import build_system
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 

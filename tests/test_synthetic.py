@@ -89,7 +89,7 @@ def test_strongest_tilt_keeps_every_glyph_inside_the_canvas(mpl_fonts, text, end
     font_path = str(mpl_fonts / "DejaVuSans.ttf")
     canvas = np.asarray(S.glyph_canvas(text, font_path, _ExtremeRandom(end)), dtype=np.float64)
     assert not (canvas[0].any() or canvas[-1].any() or canvas[:, 0].any() or canvas[:, -1].any())
-    font = S._font(font_path, 36)
+    font = S.load_font(font_path, 36)
     left, top, right, bottom = font.getbbox(text)
     upright = Image.new("L", (right - left + 40, bottom - top + 40))
     ImageDraw.Draw(upright).text((20 - left, 20 - top), text, font=font, fill=255)

@@ -7,13 +7,13 @@ from torch import nn
 from stisr_lightning.losses.mix import LossMix
 from stisr_lightning.losses.pixel import GradientPriorLoss
 from stisr_lightning.losses.tatt import TPDistillationLoss
+from stisr_lightning.data.image_ops import text_mask_from_gray
 from stisr_lightning.losses.textdiff import (
     CoarseGradientProfileLoss,
     DiceLoss,
     LaplacianEdgeLoss,
     RecognizerActivationLoss,
     ResidualDiffusionLoss,
-    text_mask_from_gray,
 )
 from stisr_lightning.models.generators.bicubic import Bicubic
 from stisr_lightning.models.generators.textdiff import RefinedGenerator, TextDiff

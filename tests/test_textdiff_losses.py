@@ -1,13 +1,13 @@
 import pytest
 import torch
 
+from stisr_lightning.data.image_ops import text_mask_from_gray
 from stisr_lightning.losses.textdiff import (
     DiceLoss,
     LaplacianEdgeLoss,
     RecognizerActivationLoss,
     ResidualDiffusionLoss,
     laplacian,
-    text_mask_from_gray,
 )
 from stisr_lightning.models.recognizers.crnn import CRNN
 

@@ -10,7 +10,8 @@ from lightning.pytorch import Trainer
 from stisr_lightning.data.datamodule import STISRDataModule
 from stisr_lightning.losses.mix import LossMix
 from stisr_lightning.losses.pixel import PixelMSE
-from stisr_lightning.losses.recognition import AdversarialLoss, TextPerceptualLoss, sequence_nll
+from stisr_lightning.losses.recognition import AdversarialLoss, TextPerceptualLoss
+from stisr_lightning.models.recognizers.objectives import sequence_nll
 from stisr_lightning.models.discriminators.srgan import SRGANDiscriminator
 from stisr_lightning.models.generators.textsr import TextSRGenerator
 from stisr_lightning.models.recognizers.aster import ASTER

@@ -41,7 +41,7 @@ def test_tatt_official_generator_file_loads_with_its_separately_released_student
 def test_build_system_replaces_the_named_init_args_and_keeps_the_rest():
     from pathlib import Path
 
-    from stisr_lightning.weights import build_system
+    from stisr_lightning.systems.loading import build_system
 
     config = Path(__file__).parents[1] / "experiments" / "tsrn.yaml"
     configured = build_system(config)

@@ -121,7 +121,7 @@ COMPILED_WARMUP_STEPS = 5
 
 def _build_trainable(config: Path, device: str, compile_targets: list[str] | None, compile_mode: str):
     """The experiment's system as configured, without evaluation-only recognizers, and its optimizer(s)."""
-    from stisr_lightning.weights import build_system
+    from stisr_lightning.systems.loading import build_system
 
     # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine);
     # a recognizer the loss reads through the system (TextSR's TPL recognizer) stays.

@@ -19,8 +19,7 @@ from typing import Optional
 
 from stisr_lightning.cli.parsing import one_line_errors
 from stisr_lightning.cli.train import STISRCLI
-from stisr_lightning.models.recognizers.base import load_state_dict_strict
-from stisr_lightning.weights import read_checkpoint
+from stisr_lightning.weights import load_state_dict_strict, read_checkpoint
 
 DASHED_OPTIONS = {"--refine-with": "--refine_with", "--refine-steps": "--refine_steps"}
 
@@ -38,7 +37,7 @@ def refiner_checkpoint(run_or_checkpoint: str) -> Path:
 
 def load_refiner(run_or_checkpoint: str):
     from stisr_lightning.models.generators.textdiff import TextDiff
-    from stisr_lightning.weights import load_system
+    from stisr_lightning.systems.loading import load_system
 
     checkpoint = refiner_checkpoint(run_or_checkpoint)
     generator = load_system(checkpoint).generator

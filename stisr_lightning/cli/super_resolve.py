@@ -31,7 +31,7 @@ from PIL import Image
 from stisr_lightning.cli.parsing import ArgumentParser
 from stisr_lightning.data.tiling import fit_to_height, open_crop, super_resolve_tiled
 from stisr_lightning.data.textzoom import image_to_tensor
-from stisr_lightning.weights import load_system, run_config_for
+from stisr_lightning.systems.loading import load_system, run_config_for
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 

@@ -6,6 +6,9 @@ spaces and anything else removed) and `str_filt(text, 'lower')` at comparison (l
 
 import string
 
+import torch
+from torch import Tensor
+
 DIGITS_LOWER = string.digits + string.ascii_lowercase
 """The 36 characters of the evaluation protocol, in the order the official 37-class recognizers use."""
 PRINTABLE = string.digits + string.ascii_letters + string.punctuation
@@ -25,3 +28,19 @@ def filter_text(text: str, level: str = "lower") -> str:
         text = text.lower()
     keep = _KEEP[level]
     return "".join(ch for ch in text if ch in keep)
+
+
+CHARSET_36 = "abcdefghijklmnopqrstuvwxyz1234567890"
+"""ABINet's `charset_36.txt` in class order; class 0 is the null token (padding and end of text)."""
+_CHARSET_36_IDS = {ch: i + 1 for i, ch in enumerate(CHARSET_36)}
+
+
+def abinet_label_ids(labels: list[str], max_length: int = 25) -> Tensor:
+    """(N, max_length + 1) class ids of the lower-cased labels, null-padded, as ABINet's `CharsetMapper.get_labels`.
+
+    Characters outside a-z0-9 become null (id 0) in place, as in LEMMA; labels longer than `max_length` are cut so
+    the last step is always null.
+    """
+    rows = [[_CHARSET_36_IDS.get(ch, 0) for ch in label.lower()[:max_length]] for label in labels]
+    padded = [row + [0] * (max_length + 1 - len(row)) for row in rows]
+    return torch.tensor(padded, dtype=torch.long).view(-1, max_length + 1)

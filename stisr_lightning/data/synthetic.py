@@ -128,7 +128,8 @@ def random_text(rng: random.Random, words: Sequence[str]) -> str:
 
 
 @lru_cache(maxsize=512)
-def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
+def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    """A font file at a size, cached: rendering opens the same few fonts thousands of times."""
     return ImageFont.truetype(path, size)
 
 
@@ -147,7 +148,7 @@ def glyph_canvas(text: str, font_path: str, rng: random.Random) -> Image.Image:
     """Glyph coverage ('L', 255 = ink) of `text` at 36 px on its own canvas, after random margins, a slight tilt
     about the centre and perspective jitter of the corners. The margins are drawn on top of the largest shift the
     tilt and jitter can cause, so no glyph is pushed off the canvas."""
-    font = _font(font_path, 36)
+    font = load_font(font_path, 36)
     left, top, right, bottom = font.getbbox(text)
     shake = 0.04 * min(right - left, bottom - top)
     angle = math.radians(rng.uniform(-3.0, 3.0))

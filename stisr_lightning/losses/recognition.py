@@ -9,33 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stisr_lightning.data.charset import abinet_label_ids
 from stisr_lightning.losses.base import LossTerm
+from stisr_lightning.models.recognizers.objectives import sequence_cross_entropy, sequence_nll
 from stisr_lightning.models.recognizers.prior import TextPrior
-
-CHARSET_36 = "abcdefghijklmnopqrstuvwxyz1234567890"
-"""ABINet's `charset_36.txt` in class order; class 0 is the null token (padding and end of text)."""
-_CHARSET_36_IDS = {ch: i + 1 for i, ch in enumerate(CHARSET_36)}
-
-
-def abinet_label_ids(labels: list[str], max_length: int = 25) -> Tensor:
-    """(N, max_length + 1) class ids of the lower-cased labels, null-padded, as ABINet's `CharsetMapper.get_labels`.
-
-    Characters outside a-z0-9 become null (id 0) in place, as in LEMMA; labels longer than `max_length` are cut so
-    the last step is always null.
-    """
-    rows = [[_CHARSET_36_IDS.get(ch, 0) for ch in label.lower()[:max_length]] for label in labels]
-    padded = [row + [0] * (max_length + 1 - len(row)) for row in rows]
-    return torch.tensor(padded, dtype=torch.long).view(-1, max_length + 1)
-
-
-def sequence_cross_entropy(logits: Tensor, targets: Tensor, official_double_softmax: bool = False) -> Tensor:
-    """Mean CE over every step of (N, T, C) logits against (N, T) ids, padded steps included.
-
-    `official_double_softmax` feeds softmax probabilities to the CE as LEMMA's code does (a softmax applied twice),
-    which flattens the gradient; the default is the paper's CE on logits.
-    """
-    scores = logits.softmax(-1) if official_double_softmax else logits
-    return F.cross_entropy(scores.flatten(0, 1), targets.to(logits.device).flatten())
 
 
 class PriorFineTuneCE(LossTerm):
@@ -55,20 +32,6 @@ class PriorFineTuneCE(LossTerm):
             sequence_cross_entropy(logits, targets, self.official_double_softmax)
             for logits in (prior.vision_logits, prior.language_logits)
         )
-
-
-def sequence_nll(logits: Tensor, targets: Tensor, lengths: Tensor, average: Literal["word", "token"] = "word") -> Tensor:
-    """-sum_t log p(y_t) over each word's first `lengths` steps (EOS included) of (N, T, C) teacher-forced logits.
-
-    `average="word"` is TextSR's Eq. 3 (the sum over the steps of a word), averaged over the batch; `"token"`
-    divides by the number of tokens instead, as aster.pytorch's `SequenceCrossEntropyLoss` does.
-    """
-    targets, lengths = targets.to(logits.device), lengths.to(logits.device)
-    steps = torch.arange(targets.shape[1], device=logits.device)
-    mask = (steps[None, :] < lengths[:, None]).to(logits.dtype)
-    picked = logits.log_softmax(-1).gather(-1, targets[..., None].long()).squeeze(-1)
-    total = -(picked * mask).sum()
-    return total / (mask.sum() if average == "token" else logits.shape[0])
 
 
 class TextPerceptualLoss(LossTerm):

@@ -14,8 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stisr_lightning.data.image_ops import gaussian_window
 from stisr_lightning.losses.base import LossTerm
-from stisr_lightning.metrics.image import gaussian_window
 
 SSIM_C1, SSIM_C2 = 0.01**2, 0.03**2
 

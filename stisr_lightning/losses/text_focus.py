@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from torch import Tensor
 
-from stisr_lightning.data.synthetic import _font, discover_fonts
+from stisr_lightning.data.synthetic import discover_fonts, load_font
 from stisr_lightning.losses.base import LossTerm
 from stisr_lightning.models.recognizers.stt_transformer import STTTransformer, encode_stt_labels
 from stisr_lightning.weights import frozen_loss_recognizer
@@ -105,7 +105,7 @@ def _glyph_vectors(font_path: str, canvas: int = 24, font_size: int = 48) -> Ten
     """(62, canvas^2) glyph images, each cropped to its ink, fitted into the canvas keeping its aspect ratio, then
     centred and scaled to zero mean and unit norm; None when the font lacks a glyph. Cropping removes size and
     baseline, so case pairs such as o/O and s/S come out close, as in the official matrix."""
-    font = _font(font_path, font_size)
+    font = load_font(font_path, font_size)
     vectors = []
     for glyph in GLYPHS:
         image = Image.new("L", (2 * font_size, 2 * font_size), 0)

@@ -19,26 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from stisr_lightning.data.image_ops import text_mask_from_gray
 from stisr_lightning.losses.base import LossTerm
 from stisr_lightning.losses.pixel import gradient_field
 from stisr_lightning.models.recognizers.crnn import CRNN
 from stisr_lightning.weights import frozen_loss_recognizer
 
-LUMA_WEIGHTS = (0.299, 0.587, 0.114)
 LAPLACIAN_KERNEL = ((0.0, 1.0, 0.0), (1.0, -4.0, 1.0), (0.0, 1.0, 0.0))
 CRNN_ACTIVATIONS = tuple(f"relu{i}" for i in range(7))
-
-
-def text_mask_from_gray(images: Tensor) -> Tensor:
-    """(N, >=3, H, W) RGB in [0, 1] -> (N, 1, H, W) float mask: 1 where the luma <= that image's mean luma.
-
-    The TSRN/TATT convention (dark text on a lighter background); the data pipeline's 4th channel is the same up to
-    PIL's integer rounding of the gray value.
-    """
-    if images.dim() != 4 or images.size(1) < 3:
-        raise ValueError(f"textdiff: text_mask_from_gray needs (N, >=3, H, W) images, got {tuple(images.shape)}")
-    gray = (images[:, :3] * images.new_tensor(LUMA_WEIGHTS).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    return (gray <= gray.mean(dim=(2, 3), keepdim=True)).to(images.dtype)
 
 
 def _require_same_shape(name: str, prediction: Tensor, target: Tensor) -> None:

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
-SSIM_WINDOW = 11
-SSIM_SIGMA = 1.5
+from stisr_lightning.data.image_ops import gaussian_window
+
 SSIM_C1 = 0.01**2
 SSIM_C2 = 0.03**2
 
@@ -26,14 +26,6 @@ def _rgb_pair(sr: Tensor, hr: Tensor, metric: str, clamp: bool) -> tuple[Tensor,
         )
     sr, hr = sr[:, :3].float(), hr[:, :3].float()
     return (sr.clamp(0, 1), hr.clamp(0, 1)) if clamp else (sr, hr)
-
-
-def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> Tensor:
-    """(size, size) normalized Gaussian, the outer product of the 1-D window."""
-    offsets = torch.arange(size, dtype=torch.float64) - size // 2
-    line = torch.exp(-(offsets**2) / (2 * sigma**2))
-    line = line / line.sum()
-    return (line[:, None] * line[None, :]).float()
 
 
 def ssim_map(sr: Tensor, hr: Tensor, window: Tensor) -> Tensor:

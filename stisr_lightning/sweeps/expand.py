@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -314,3 +316,21 @@ class Expander:
                 raise SweepSpecError(f"{self._where(table, row)}: column {column.name!r}: no run can produce metric "
                                      f"{metric!r} (test sets and recognizers of {row.base.name} with preset "
                                      f"{self.preset.name!r})")
+
+
+def ensure_synthetic(expansion: Expansion, expander: Expander) -> None:
+    """Makes the preset's synthetic data once; concurrent workers build in private folders, the first rename wins."""
+    target, data = expansion.data_dir, expander.preset.synthetic
+    if target is None or target.exists():
+        return
+    from stisr_lightning.data.synthetic import make_synthetic
+
+    scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    print(f"stisr-sweep: making synthetic data ({data.train} train, {data.test} test, seed {data.seed}) in {target}")
+    make_synthetic(scratch, train=data.train, test=data.test, seed=data.seed, str_test=data.str_test,
+                   workers=min(4, os.cpu_count() or 1))
+    try:
+        os.rename(scratch, target)
+    except OSError:  # another worker finished first
+        shutil.rmtree(scratch, ignore_errors=True)

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import shlex
-import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
 
 from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
-from stisr_lightning.sweeps.expand import Cell, Expander, Expansion
+from stisr_lightning.sweeps.expand import Cell, Expander, Expansion, ensure_synthetic
 from stisr_lightning.sweeps.run import SweepRunner, stisr_train_command
 from stisr_lightning.sweeps.spec import SweepSpec, SweepSpecError, load_spec, sweeps_root
 from stisr_lightning.sweeps.store import DONE, FAILED, PENDING, CellStore, default_url
@@ -65,24 +64,6 @@ def _setup(args: argparse.Namespace) -> tuple[SweepSpec, Expander, Expansion, Pa
     expander = Expander(spec, spec.presets[args.preset], out)
     expansion = expander.expand(args.seeds, args.only)
     return spec, expander, expansion, out, time.perf_counter() - began
-
-
-def ensure_synthetic(expansion: Expansion, expander: Expander) -> None:
-    """Makes the preset's synthetic data once; concurrent workers build in private folders, the first rename wins."""
-    target, data = expansion.data_dir, expander.preset.synthetic
-    if target is None or target.exists():
-        return
-    from stisr_lightning.data.synthetic import make_synthetic
-
-    scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    print(f"stisr-sweep: making synthetic data ({data.train} train, {data.test} test, seed {data.seed}) in {target}")
-    make_synthetic(scratch, train=data.train, test=data.test, seed=data.seed, str_test=data.str_test,
-                   workers=min(4, os.cpu_count() or 1))
-    try:
-        os.rename(scratch, target)
-    except OSError:  # another worker finished first
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def print_dry_run(cells: list[Cell], out: Path, statuses: dict[str, str]) -> None:

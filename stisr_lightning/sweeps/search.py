@@ -27,7 +27,16 @@ import yaml
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 
-from stisr_lightning.sweeps.expand import Cell, ConfigResolver, Expander, Expansion, _one_line, config_hash, format_value
+from stisr_lightning.sweeps.expand import (
+    Cell,
+    ConfigResolver,
+    Expander,
+    Expansion,
+    _one_line,
+    config_hash,
+    ensure_synthetic,
+    format_value,
+)
 from stisr_lightning.sweeps.run import CellCommand, SweepRunner, pid_alive, stisr_train_command
 from stisr_lightning.sweeps.spec import (
     Preset,
@@ -309,8 +318,6 @@ class SearchRunner(SweepRunner):
         return {**self.preset.overrides, **self.data, **params}
 
     def ensure_data(self) -> None:
-        from stisr_lightning.sweeps.main import ensure_synthetic
-
         ensure_synthetic(Expansion({}, {}, [], self.expander.data_dir), self.expander)
 
     def run(self, retry_failed: bool = False) -> SearchSummary:

@@ -15,9 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stisr_lightning.data.charset import DIGITS_LOWER
-from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.models.recognizers.crnn import CRNN
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 
 class TPGenerator(nn.Module):

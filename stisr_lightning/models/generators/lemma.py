@@ -26,9 +26,13 @@ from stisr_lightning.models.blocks.skeleton import (
     shallow_block,
 )
 from stisr_lightning.models.blocks.srb import Mish
-from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.models.recognizers.prior import TextPrior
-from stisr_lightning.weights import drop_unused_official_keys, extract_state_dict, read_checkpoint
+from stisr_lightning.weights import (
+    drop_unused_official_keys,
+    extract_state_dict,
+    load_state_dict_strict,
+    read_checkpoint,
+)
 
 CHANNELS = 64
 """SR feature width; LEMMA's guidance branch works at the same width (d_model 64)."""

@@ -25,11 +25,11 @@ from stisr_lightning.models.blocks.skeleton import (
 )
 from stisr_lightning.models.blocks.srb import GruBlock, Mish
 from stisr_lightning.models.blocks.text_prior import TPGenerator, TPInterpreter
-from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.weights import (
     complete_separately_released,
     drop_unused_official_keys,
     extract_state_dict,
+    load_state_dict_strict,
     read_checkpoint,
 )
 

@@ -25,13 +25,17 @@ from stisr_lightning.models.blocks.skeleton import (
     shallow_block,
 )
 from stisr_lightning.models.blocks.srb import Mish
-from stisr_lightning.models.recognizers.base import load_state_dict_strict
 from stisr_lightning.models.recognizers.stt_transformer import (
     MultiHeadedAttention,
     PositionwiseFeedForward,
     StdLayerNorm,
 )
-from stisr_lightning.weights import drop_unused_official_keys, extract_state_dict, read_checkpoint
+from stisr_lightning.weights import (
+    drop_unused_official_keys,
+    extract_state_dict,
+    load_state_dict_strict,
+    read_checkpoint,
+)
 
 POSITION_CHANNELS = 64
 """Channels of the fixed 2-D position code concatenated to the features in every FeatureEnhancer."""

@@ -26,8 +26,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from stisr_lightning.data.image_ops import text_mask_from_gray
 from stisr_lightning.diffusion.gaussian import ResidualDiffusionScheduler, sample
-from stisr_lightning.losses.textdiff import text_mask_from_gray
 from stisr_lightning.models.blocks.dsrb import DoubleSequentialResidualBlock
 from stisr_lightning.models.blocks.mask_predictor import MaskPredictor
 from stisr_lightning.models.blocks.srb import UpsampleBlock

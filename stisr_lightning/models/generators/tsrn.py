@@ -22,8 +22,7 @@ from stisr_lightning.models.blocks.skeleton import (
     shallow_block,
 )
 from stisr_lightning.models.blocks.srb import RecurrentResidualBlock
-from stisr_lightning.models.recognizers.base import load_state_dict_strict
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 STN_INPUT_SIZE = (32, 64)
 """TSRN resizes its input to this size for the ASTER STN head and samples the TPS output from it."""

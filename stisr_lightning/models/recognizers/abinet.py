@@ -18,16 +18,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stisr_lightning.losses.recognition import CHARSET_36, abinet_label_ids, sequence_cross_entropy
+from stisr_lightning.data.charset import CHARSET_36, abinet_label_ids
 from stisr_lightning.models.recognizers.abinet_blocks import (
     CrossAttentionDecoder,
     PositionAttention,
     PositionalEncoding,
     ResTransformer,
 )
-from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer, load_state_dict_strict
+from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer
+from stisr_lightning.models.recognizers.objectives import sequence_cross_entropy
 from stisr_lightning.models.recognizers.prior import TextPrior
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -108,20 +109,6 @@ class ABINetAlignment(nn.Module):
         return self.cls(gate * vision_features + (1 - gate) * language_features)
 
 
-def _check_shapes(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    own = module.state_dict()
-    for key, value in state.items():
-        if key in own and tuple(own[key].shape) != tuple(value.shape):
-            raise ValueError(f"{source}: {key} has shape {tuple(value.shape)}, "
-                             f"{type(module).__name__} expects {tuple(own[key].shape)}")
-
-
-def load_strict(module: nn.Module, state: dict[str, Tensor], source: str) -> None:
-    """Strict load whose every failure (missing/unexpected keys, shapes) is a one-line ValueError naming `source`."""
-    _check_shapes(module, state, source)
-    load_state_dict_strict(module, state, source)
-
-
 def read_abinet_state(path: str | Path) -> dict[str, Tensor]:
     """Any ABINet-bearing file as a flat state dict: `{'model': ...}` releases, LEMMA's `state_dict_G` (the
     `position_prior.` part is kept), a suite recognizer file or Lightning checkpoint (`recognizer.` part)."""
@@ -153,12 +140,12 @@ class ABINetPrior(nn.Module):
         self.vision = ABINetVision(max_length)
         self.language = BCNLanguage(max_length)
         if vision_weights is not None:
-            load_strict(self.vision, read_abinet_state(vision_weights), str(vision_weights))
+            load_state_dict_strict(self.vision, read_abinet_state(vision_weights), str(vision_weights))
         if language_weights is not None:
-            load_strict(self.language, read_abinet_state(language_weights), str(language_weights))
+            load_state_dict_strict(self.language, read_abinet_state(language_weights), str(language_weights))
         if weights is not None:
             state = read_abinet_state(weights)
-            load_strict(self, {k: v for k, v in state.items() if not k.startswith("alignment.")}, str(weights))
+            load_state_dict_strict(self, {k: v for k, v in state.items() if not k.startswith("alignment.")}, str(weights))
         if weights is None and (vision_weights is None or language_weights is None):
             warnings.warn(
                 "ABINetPrior: vision or language weights missing, that part starts untrained; train "
@@ -254,5 +241,5 @@ class ABINetRecognizer(TorchRecognizer):
             if model.language is not None:
                 state.update({f"language.{k}": v for k, v in read_abinet_state(language_path).items()})
         unused = tuple(f"{name}." for name in ("language", "alignment") if getattr(model, name) is None)
-        load_strict(model, {k: v for k, v in state.items() if not k.startswith(unused)}, str(path))
+        load_state_dict_strict(model, {k: v for k, v in state.items() if not k.startswith(unused)}, str(path))
         return model

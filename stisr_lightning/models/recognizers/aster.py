@@ -18,14 +18,10 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from stisr_lightning.data.charset import PRINTABLE, filter_text
-from stisr_lightning.losses.recognition import sequence_nll
 from stisr_lightning.models.blocks.stn_tps import STNHead, TPSSpatialTransformer
-from stisr_lightning.models.recognizers.base import (
-    RecognitionOutput,
-    TorchRecognizer,
-    load_state_dict_strict,
-)
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer
+from stisr_lightning.models.recognizers.objectives import sequence_nll
+from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 SPECIAL_TOKENS = ("EOS", "PADDING", "UNKNOWN")
 

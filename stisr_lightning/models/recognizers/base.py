@@ -109,20 +109,3 @@ def ctc_greedy_decode(logits: Tensor, charset: str, blank: int = 0) -> list[str]
     keep = (best != blank) & ~repeated
     best, keep = best.cpu().tolist(), keep.cpu().tolist()
     return ["".join(charset[k - 1] for k, ok in zip(row, mask) if ok) for row, mask in zip(best, keep)]
-
-
-def strip_prefix(state_dict: dict[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
-    """Remove a DataParallel-style prefix from every key that has it."""
-    return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state_dict.items()}
-
-
-def load_state_dict_strict(module: nn.Module, state_dict: dict[str, Tensor], source: str) -> None:
-    """Load with a one-line error that names the file and lists missing and unexpected keys."""
-    result = module.load_state_dict(state_dict, strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        missing = ", ".join(result.missing_keys[:8]) + (" ..." if len(result.missing_keys) > 8 else "")
-        unexpected = ", ".join(result.unexpected_keys[:8]) + (" ..." if len(result.unexpected_keys) > 8 else "")
-        raise ValueError(
-            f"{source}: checkpoint does not match {type(module).__name__} "
-            f"(missing {len(result.missing_keys)}: [{missing}]; unexpected {len(result.unexpected_keys)}: [{unexpected}])"
-        )

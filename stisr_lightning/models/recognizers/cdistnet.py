@@ -29,7 +29,6 @@ from torch import Tensor, nn
 from torch.nn.utils.rnn import pad_sequence
 
 from stisr_lightning.data.charset import DIGITS_LOWER, filter_text
-from stisr_lightning.models.recognizers.abinet import load_strict
 from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer
 from stisr_lightning.models.recognizers.cdistnet_blocks import (
     MDCDP,
@@ -38,7 +37,7 @@ from stisr_lightning.models.recognizers.cdistnet_blocks import (
     VisualBranch,
     attention_mask,
 )
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 """dict_36.txt's special tokens (<blank>, <unk>, <s>, </s>); the characters follow at 4.."""
@@ -210,5 +209,5 @@ class CDistNet(TorchRecognizer):
         model = cls(**kwargs)
         state = extract_state_dict(read_checkpoint(path), lightning_prefix="recognizer.")
         grid = {key: value for key, value in model.state_dict().items() if ".GridGenerator." in key}
-        load_strict(model, {**grid, **state}, str(path))
+        load_state_dict_strict(model, {**grid, **state}, str(path))
         return model

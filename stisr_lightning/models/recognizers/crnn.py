@@ -15,14 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stisr_lightning.data.charset import DIGITS_LOWER
-from stisr_lightning.models.recognizers.base import (
-    RecognitionOutput,
-    TorchRecognizer,
-    ctc_greedy_decode,
-    ctc_loss,
-    load_state_dict_strict,
-)
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer, ctc_greedy_decode, ctc_loss
+from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 

@@ -16,14 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stisr_lightning.models.recognizers.base import (
-    RecognitionOutput,
-    TorchRecognizer,
-    ctc_greedy_decode,
-    ctc_loss,
-    load_state_dict_strict,
-    strip_prefix,
-)
+from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer, ctc_greedy_decode, ctc_loss
+from stisr_lightning.weights import load_state_dict_strict, strip_prefix
 
 EASYOCR_HEIGHT = 64
 CALIBRATED_WEIGHTS = Path(__file__).resolve().parent / "weights"

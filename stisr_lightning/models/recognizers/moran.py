@@ -19,12 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stisr_lightning.data.charset import DIGITS_LOWER
-from stisr_lightning.models.recognizers.base import (
-    RecognitionOutput,
-    TorchRecognizer,
-    load_state_dict_strict,
-)
-from stisr_lightning.weights import extract_state_dict, read_checkpoint
+from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer
+from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 from stisr_lightning.models.recognizers.crnn import BidirectionalLSTM, bicubic_gray
 
 END = "$"
