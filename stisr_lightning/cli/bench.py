@@ -21,7 +21,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import yaml
-from torch import Tensor
 
 from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
 from stisr_lightning.hardware import auto_precision, describe_cpu
@@ -134,9 +133,10 @@ def _build_trainable(config: Path, device: str, compile_targets: list[str] | Non
     system.configure_model()
     if system.loss is None:
         raise SystemExit(f"stisr-bench: {config} has no loss; it cannot be trained")
-    optimizers = system.configure_optimizers()
-    optimizers = optimizers["optimizer"] if isinstance(optimizers, dict) else optimizers
-    optimizers = optimizers[0] if isinstance(optimizers, tuple) else optimizers  # (optimizers, schedulers)
+    configured = system.configure_optimizers()
+    configured = configured["optimizer"] if isinstance(configured, dict) else configured
+    configured = configured[0] if isinstance(configured, tuple) else configured  # (optimizers, schedulers)
+    optimizers = list(configured) if isinstance(configured, (list, tuple)) else [configured]
     return system, optimizers
 
 
@@ -157,8 +157,6 @@ def bench_train(
     calls through (so nothing was compiled) is an error, not a number."""
     import torch._dynamo
 
-    from stisr_lightning.systems.textsr import TextSRSystem
-
     if precision == "auto":
         precision = auto_precision(device)[0]
     rows = []
@@ -167,6 +165,7 @@ def bench_train(
         if not config.is_file():
             raise SystemExit(f"stisr-bench: no experiment {config}")
         channels = _experiment_channels(config)
+        clip = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("gradient_clip_val")
         row = {"experiment": name, "batch": batch_size}
         fast = [precision] + ["channels_last"] * channels_last
         if compile_targets:
@@ -189,18 +188,8 @@ def bench_train(
             autocast = torch.autocast(device_type=device.split(":")[0], dtype=torch.bfloat16, enabled=bf16)
 
             def step() -> int:
-                if isinstance(system, TextSRSystem):  # the discriminator's and the generator's update
-                    for optimizer in optimizers:
-                        optimizer.zero_grad(set_to_none=True)
-                    with autocast:
-                        system.iteration(batch, optimizers[0].step, optimizers[1].step, Tensor.backward)
-                    return batch_size
-                optimizers.zero_grad(set_to_none=True)
                 with autocast:
-                    total, _ = system.loss(system.forward_train(batch), batch)
-                total.backward()
-                torch.nn.utils.clip_grad_norm_(system.parameters(), 0.25)
-                optimizers.step()
+                    system.manual_update(batch, optimizers, clip)
                 return batch_size
 
             if targets:  # earlier compilations in this process must not count
@@ -218,40 +207,13 @@ def bench_train(
 
 
 def _step_shares(system, batch: dict, autocast: torch.autocast, device: str, step_seconds: float) -> str:
-    """The share of a training step spent in the text prior and in each recognizer-driven loss (timed alone)."""
-    from stisr_lightning.systems.textsr import TextSRSystem
-
+    """The share of a training step spent in each part the system names (`step_parts`), each timed alone."""
     shares = []
-    prior = getattr(system.generator, "position_prior", None)
-    if prior is not None:
-        def prior_step() -> None:
+    for name, part in system.step_parts(batch).items():
+        def timed_part(part=part) -> None:
             with autocast:
-                output = prior(batch["lr"])
-            (output.vision_logits.sum() + output.language_logits.sum()).backward()
-        shares.append(f"ABINet prior {100 * _timed(prior_step, device) / step_seconds:.0f}%")
-    for term_name, term in system.loss.terms.items():
-        if getattr(term, "recognizer", None) is None or system.loss.weights[term_name] == 0:
-            continue
-        with autocast:
-            outputs = system.forward_train(batch)
-        outputs = {key: value.detach().requires_grad_(value.is_floating_point()) if torch.is_tensor(value) else value
-                   for key, value in outputs.items()}
-
-        def term_step() -> None:
-            with autocast:
-                value = term(outputs, batch)
-            value.backward()
-        shares.append(f"{term_name} loss {100 * _timed(term_step, device) / step_seconds:.0f}%")
-    if isinstance(system, TextSRSystem) and system.tpl_recognizer:
-        recognizer = system.recognizers[system.tpl_recognizer]
-        targets = recognizer.encode_text(batch["label"])[0].to(device)
-        sr = batch["hr"][:, :3].detach().requires_grad_()
-
-        def tpl_step() -> None:
-            with autocast:
-                logits = recognizer(sr, targets).logits
-            logits.float().logsumexp(-1).sum().backward()
-        shares.append(f"TPL ({system.tpl_recognizer}) {100 * _timed(tpl_step, device) / step_seconds:.0f}%")
+                part()
+        shares.append(f"{name} {100 * _timed(timed_part, device) / step_seconds:.0f}%")
     return ", ".join(shares) or "-"
 
 

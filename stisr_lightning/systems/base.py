@@ -8,6 +8,7 @@ Papers subclass it and override only the hook that differs:
 from __future__ import annotations
 
 from time import perf_counter
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -183,6 +184,29 @@ class STISRSystem(LightningModule):
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         self.log_dict({f"train/loss/{name}": value for name, value in terms.items()}, batch_size=size)
         return total
+
+    def manual_update(self, batch: dict[str, Any], optimizers: list[torch.optim.Optimizer],
+                      gradient_clip_val: float | None) -> None:
+        """One training update by hand, as the Trainer runs it (`stisr-bench train` times it outside Lightning)."""
+        (optimizer,) = optimizers
+        optimizer.zero_grad(set_to_none=True)
+        total, _ = self.loss(self.forward_train(batch), batch)
+        total.backward()
+        if gradient_clip_val:
+            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
+        optimizer.step()
+
+    def step_parts(self, batch: dict[str, Any]) -> dict[str, Callable[[], None]]:
+        """Parts of a training step that `stisr-bench train` times alone, to report their share of the step: the
+        generator's own (its `step_parts`, e.g. a text prior) and each loss term that runs a recognizer."""
+        parts = dict(self.generator.step_parts(batch["lr"])) if hasattr(self.generator, "step_parts") else {}
+        for name, term in self.loss.terms.items():
+            if getattr(term, "recognizer", None) is None or self.loss.weights[name] == 0:
+                continue
+            outputs = {key: value.detach().requires_grad_(value.is_floating_point()) if torch.is_tensor(value) else value
+                       for key, value in self.forward_train(batch).items()}
+            parts[f"{name} loss"] = lambda term=term, outputs=outputs: term(outputs, batch).backward()
+        return parts
 
     def configure_optimizers(self):
         grouped: set[int] = set()

@@ -121,6 +121,24 @@ class TextSRSystem(STISRSystem):
             self.discriminator.requires_grad_(True)
         return total, d_loss, terms
 
+    def manual_update(self, batch: dict[str, Any], optimizers: list[torch.optim.Optimizer],
+                      gradient_clip_val: float | None) -> None:
+        """The GAN iteration by hand: the discriminator's update, then the generator's (no clipping, as in training)."""
+        generator_opt, discriminator_opt = optimizers
+        generator_opt.zero_grad(set_to_none=True)
+        discriminator_opt.zero_grad(set_to_none=True)
+        self.iteration(batch, generator_opt.step, discriminator_opt.step, Tensor.backward)
+
+    def step_parts(self, batch: dict[str, Any]) -> dict[str, Callable[[], None]]:
+        parts = super().step_parts(batch)
+        if self.tpl_recognizer:
+            recognizer = self.recognizers[self.tpl_recognizer]
+            targets = recognizer.encode_text(batch["label"])[0].to(batch["hr"].device)
+            sr = batch["hr"][:, :3].detach().requires_grad_()
+            parts[f"TPL ({self.tpl_recognizer})"] = \
+                lambda: recognizer(sr, targets).logits.float().logsumexp(-1).sum().backward()
+        return parts
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         if self.loss is None:
             raise RuntimeError("TextSRSystem has no loss configured; it can be evaluated but not trained")

@@ -9,7 +9,7 @@ Submodules keep the official names (`block1` .. `block{num_blocks + 3}`, `block{
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -147,6 +147,13 @@ class LEMMA(nn.Module):
             alignment=alignment,
         )
         self.position_prior = prior
+
+    def step_parts(self, lr: Tensor) -> dict[str, Callable[[], None]]:
+        """The text prior's forward and backward, which `stisr-bench train` times as a share of the step."""
+        def prior_step() -> None:
+            output = self.position_prior(lr[:, :3])
+            (output.vision_logits.sum() + output.language_logits.sum()).backward()
+        return {"ABINet prior": prior_step}
 
     def forward_with_prior(self, lr: Tensor) -> tuple[Tensor, TextPrior]:
         if tuple(lr.shape[-2:]) != self.lr_size:
