@@ -153,7 +153,7 @@ def test_refine_with_must_be_a_textdiff_row(sweep_dir, resolver, tmp_path):
     tables = [{"id": "T1", "base": "srcnn.yaml", "columns": COLUMNS, "rows": [
         {"name": "SRCNN"}, {"name": "x", "evaluate": {"of": "SRCNN", "refine_with": "SRCNN"}}]}]
     spec = load_spec(write_spec(sweep_dir, tables))
-    with pytest.raises(SweepSpecError, match=r"row 'x': evaluate.refine_with 'T1/SRCNN' trains .*SRCNN, not TextDiff"):
+    with pytest.raises(SweepSpecError, match=r"row 'x': evaluate.refine_with 'T1/SRCNN' trains .*SRCNN, which cannot refine another generator's output"):
         Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand()
 
 

@@ -16,7 +16,8 @@ from stisr_lightning.losses.textdiff import (
     ResidualDiffusionLoss,
 )
 from stisr_lightning.models.generators.bicubic import Bicubic
-from stisr_lightning.models.generators.textdiff import RefinedGenerator, TextDiff
+from stisr_lightning.models.generators.refined import RefinedGenerator
+from stisr_lightning.models.generators.textdiff import TextDiff
 from stisr_lightning.models.recognizers.crnn import CRNN
 from stisr_lightning.systems.textdiff import TextDiffSystem
 

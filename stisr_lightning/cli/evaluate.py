@@ -3,11 +3,12 @@
     stisr-eval --config experiments/bicubic.yaml
     stisr-eval --config experiments/tsrn.yaml --ckpt_path runs/tsrn/checkpoints/best.ckpt
     stisr-eval --config experiments/tsrn.yaml --weights TSRN_model_best.pth      # an official checkpoint
-    stisr-eval --config experiments/tsrn.yaml --ckpt_path ... --refine-with runs/textdiff [--refine-steps 5]
+    stisr-eval --config experiments/tsrn.yaml --ckpt_path ... --refine-with runs/REFINER [--refine-steps 5]
 
 It is `stisr-train test` with the same options; results.json goes to `--trainer.default_root_dir`.
-`--refine-with RUN_OR_CKPT` cascades a trained TextDiff's MRD after the configured generator (TextDiff Table 4):
-SR = MRD(generator(lr), mask of TextDiff's B_M on lr); both options are recorded in results.json's config.
+`--refine-with RUN_OR_CKPT` cascades a second trained generator that can refine another's output after the configured
+one (`models/generators/refined.py`; e.g. a diffusion model's refiner, TextDiff's Table 4): SR = refiner.refine_output(
+generator(lr), lr); both options are recorded in results.json's config.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Optional
 
 from stisr_lightning.cli.parsing import one_line_errors
 from stisr_lightning.cli.train import STISRCLI
+from stisr_lightning.models.generators.refined import RefinedGenerator, can_refine
+from stisr_lightning.systems.loading import load_system
 from stisr_lightning.weights import load_state_dict_strict, read_checkpoint
 
 DASHED_OPTIONS = {"--refine-with": "--refine_with", "--refine-steps": "--refine_steps"}
@@ -36,13 +39,11 @@ def refiner_checkpoint(run_or_checkpoint: str) -> Path:
 
 
 def load_refiner(run_or_checkpoint: str):
-    from stisr_lightning.models.generators.textdiff import TextDiff
-    from stisr_lightning.systems.loading import load_system
-
     checkpoint = refiner_checkpoint(run_or_checkpoint)
     generator = load_system(checkpoint).generator
-    if not isinstance(generator, TextDiff):
-        raise ValueError(f"--refine-with {checkpoint}: the run's generator is {type(generator).__name__}, not TextDiff")
+    if not can_refine(generator):
+        raise ValueError(f"--refine-with {checkpoint}: the run's generator {type(generator).__name__} cannot refine "
+                         "another generator's output (no refine_output)")
     return generator
 
 
@@ -50,17 +51,15 @@ class EvaluateCLI(STISRCLI):
     def add_arguments_to_parser(self, parser) -> None:
         super().add_arguments_to_parser(parser)
         parser.add_argument("--refine_with", "--refine-with", type=Optional[str], default=None,
-                            help="A trained TextDiff run directory or checkpoint whose MRD refines the generator's SR.")
+                            help="A trained run directory or checkpoint whose generator refines the configured generator's SR.")
         parser.add_argument("--refine_steps", "--refine-steps", type=Optional[int], default=None,
-                            help="Sampling steps of the refining MRD (default: the TextDiff's num_inference_steps).")
+                            help="Sampling steps of the refiner (default: its own num_inference_steps).")
 
     def before_test(self) -> None:
         super().before_test()
         config = self.config_init[self.subcommand]
         if not config.refine_with:
             return
-        from stisr_lightning.models.generators.textdiff import RefinedGenerator
-
         if config.ckpt_path:
             # Loaded here, before the generator is wrapped, since the wrapped system's keys no longer match it.
             checkpoint = read_checkpoint(config.ckpt_path)

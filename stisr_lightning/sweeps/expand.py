@@ -2,8 +2,8 @@
 resolve to the same config share one cell, so it is trained once.
 
 An evaluation row's cell runs `stisr-eval` on the checkpoint of the cell it evaluates (same seed), optionally refined
-by a trained TextDiff cell's MRD; its hash covers the test config and the hashes of those cells. An evaluation that
-changes nothing is the evaluated cell itself (fit already tested the best checkpoint). A cell of an `init_from` row
+by a trained cell whose generator refines another's output (`refine_output`); its hash covers the test config and the
+hashes of those cells. An evaluation that changes nothing is the evaluated cell itself (fit already tested the best checkpoint). A cell of an `init_from` row
 trains from the best checkpoint of the same seed's cell of that row (`model.init_args.generator_weights`), whose
 path, and so whose hash, enters its config.
 
@@ -14,6 +14,7 @@ key and value before anything trains.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
@@ -23,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stisr_lightning.models.generators.refined import can_refine
 from stisr_lightning.sweeps.spec import SYNTHETIC_SUBSET_NAMES, Preset, Row, SweepSpec, SweepSpecError, Table
 
 TRAIN_MODULE, EVALUATE_MODULE = "stisr_lightning.cli.train", "stisr_lightning.cli.evaluate"
@@ -43,7 +45,7 @@ class Cell:
     overrides: dict[str, Any]  # preset, synthetic data, then row: later keys win
     members: list[tuple[str, str]] = field(default_factory=list)  # (table id, row name)
     evaluates: str | None = None  # cell id whose checkpoint this cell tests with stisr-eval (instead of training)
-    refine_with: str | None = None  # cell id of a trained TextDiff whose MRD refines the output (--refine-with)
+    refine_with: str | None = None  # cell id of a trained refiner of the output (--refine-with)
     init_from: str | None = None  # cell id whose checkpoint this cell's training starts from
     keep_checkpoints: bool = False  # other cells evaluate this one: keep its checkpoint whatever the config says
 
@@ -284,9 +286,10 @@ class Expander:
         targets = [cells[cell_id] for cell_id in by_row[row.evaluate.of]]
         refine_with = row.evaluate.refine_with
         refiners = [cells[cell_id] for cell_id in by_row[refine_with]] if refine_with else None
-        if refiners and not self._generators[refiners[0].config_hash].endswith(".TextDiff"):
+        if refiners and not can_refine(_class_of(self._generators[refiners[0].config_hash])):
             raise SweepSpecError(f"{where}: evaluate.refine_with {'/'.join(refine_with)!r} trains "
-                                 f"{self._generators[refiners[0].config_hash]}, not TextDiff (its MRD refines)")
+                                 f"{self._generators[refiners[0].config_hash]}, which cannot refine another "
+                                 "generator's output (no refine_output)")
         row_overrides, data = self._overrides(table, row)
         trained = {**targets[0].overrides, **data}
         config = self._resolve(where, "test", row.base, {**trained, **row_overrides}, row.overrides)
@@ -317,6 +320,10 @@ class Expander:
                                      f"{metric!r} (test sets and recognizers of {row.base.name} with preset "
                                      f"{self.preset.name!r})")
 
+
+def _class_of(class_path: str) -> type:
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)
 
 def ensure_synthetic(expansion: Expansion, expander: Expander) -> None:
     """Makes the preset's synthetic data once; concurrent workers build in private folders, the first rename wins."""

@@ -223,26 +223,12 @@ class TextDiff(nn.Module):
         )
         return x_sr + residual
 
+    def refine_output(self, sr: Tensor, lr: Tensor, num_inference_steps: int | None = None) -> Tensor:
+        """Plug-and-play MRD (Table 4): another generator's SR refined by this MRD. The paper does not say where the
+        mask comes from; the MRD was trained with B_M's mask of the LR image, so B_M reads the same LR here."""
+        mask = self.predict_mask(lr)
+        return match_input_channels(self.refine(sr, mask, num_inference_steps), lr, mask)
+
     def forward(self, lr: Tensor) -> Tensor:
         x_sr, x_mask = self.coarse(lr)
         return match_input_channels(self.refine(x_sr, x_mask), lr, x_mask)
-
-
-class RefinedGenerator(nn.Module):
-    """Plug-and-play MRD (Table 4): any generator's SR, clamped to [0, 1], refined by a trained TextDiff's MRD.
-
-    The paper feeds the other method's output to the MRD without joint training but does not say where the mask
-    comes from; the MRD was trained with B_M's mask of the LR image, so the TextDiff's own B_M reads the same LR.
-    """
-
-    def __init__(self, base: nn.Module, refiner: TextDiff, num_inference_steps: int | None = None) -> None:
-        super().__init__()
-        self.base, self.refiner = base, refiner
-        self.scale_factor = getattr(base, "scale_factor", refiner.scale_factor)
-        if self.scale_factor != refiner.scale_factor:
-            raise ValueError(f"textdiff: base scale {self.scale_factor} != refiner scale {refiner.scale_factor}")
-        self.num_inference_steps = num_inference_steps
-
-    def forward(self, lr: Tensor) -> Tensor:
-        sr, mask = self.base(lr)[:, :3].clamp(0, 1), self.refiner.predict_mask(lr)
-        return match_input_channels(self.refiner.refine(sr, mask, self.num_inference_steps), lr, mask)
