@@ -1,6 +1,6 @@
-"""The package's dependencies point one way: bottom (weights, hardware, data, diffusion) -> models -> losses / metrics /
-quant -> systems / callbacks -> cli / sweeps, and no module imports itself through others. Run alone with
-`pytest tests/test_layers.py`; a failure names the file, line and import."""
+"""The package's dependencies point one way (DESIGN.md): bottom (weights, hardware, data, diffusion) -> models ->
+losses / metrics / quant -> callbacks -> systems -> cli / sweeps, and no module imports itself through others. Run
+alone with `pytest tests/test_layers.py`; a failure names the file, line and import."""
 
 import ast
 from pathlib import Path
@@ -12,8 +12,9 @@ LAYERS = {
     "weights": 0, "hardware": 0, "data": 0, "diffusion": 0,
     "models": 1,
     "losses": 2, "metrics": 2, "quant": 2,
-    "systems": 3, "callbacks": 3,
-    "cli": 4, "sweeps": 4,
+    "callbacks": 3,
+    "systems": 4,
+    "cli": 5, "sweeps": 5,
 }
 
 
@@ -121,5 +122,5 @@ def bad_package(tmp_path):
 def test_the_checks_find_an_upward_import_and_a_circle(bad_package):
     assert upward_imports(bad_package) == [
         "stisr_lightning.models.net (line 1) imports stisr_lightning.systems.base: models (layer 1) may not import "
-        "systems (layer 3)"]
+        "systems (layer 4)"]
     assert import_cycles(bad_package) == [["stisr_lightning.data.a", "stisr_lightning.data.b"]]
