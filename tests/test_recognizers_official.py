@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import types
 from pathlib import Path
 
 import pytest
@@ -169,6 +170,19 @@ def test_aster_encode_text_appends_eos_and_pads(models):
     assert lengths.tolist() == [3, 4]
     with torch.no_grad():
         assert aster(torch.rand(2, 3, 16, 64), targets).logits.shape == (2, 4, 97)
+
+
+def test_aster_training_loss_sums_each_word_then_divides_by_the_batch_like_aster_pytorch(models, monkeypatch):
+    """aster.pytorch's SequenceCrossEntropyLoss (sample_normalize=True): sum of -log p over every word's tokens, EOS
+    included, divided by the batch size, not by the number of tokens."""
+    aster = models["aster"]
+    logits = torch.randn(2, 4, 97, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(type(aster), "__call__", lambda self, images, targets: types.SimpleNamespace(logits=logits))
+    targets, lengths = aster.encode_text(["Ab", "x\u20ac!"])
+    log_p = logits.log_softmax(-1)
+    per_word = [-sum(log_p[i, t, targets[i, t]] for t in range(lengths[i])) for i in range(2)]
+    assert aster.training_loss(torch.zeros(2, 3, 16, 64), ["Ab", "x\u20ac!"]).item() == pytest.approx(
+        float(per_word[0] + per_word[1]) / 2, rel=1e-5)
 
 
 @pytest.mark.parametrize("name", list(CLASSES))

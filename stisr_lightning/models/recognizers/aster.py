@@ -198,10 +198,11 @@ class ASTER(TorchRecognizer):
         return targets, torch.tensor([len(row) for row in rows])
 
     def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
-        """Teacher-forced cross-entropy averaged over tokens, as aster.pytorch trains."""
+        """Teacher-forced cross-entropy summed over each word's tokens and averaged over words, as aster.pytorch's
+        `SequenceCrossEntropyLoss` computes it by default (`sample_normalize=True`, a sum divided by the batch size)."""
         targets, lengths = self.encode_text(labels)
         targets = targets.to(images.device)
-        return sequence_nll(self(images, targets).logits, targets, lengths, average="token")
+        return sequence_nll(self(images, targets).logits, targets, lengths, average="word")
 
     def decode(self, logits: Tensor) -> list[str]:
         return self.ids_to_text(logits.argmax(-1))

@@ -23,8 +23,9 @@ def sequence_cross_entropy(logits: Tensor, targets: Tensor, official_double_soft
 def sequence_nll(logits: Tensor, targets: Tensor, lengths: Tensor, average: Literal["word", "token"] = "word") -> Tensor:
     """-sum_t log p(y_t) over each word's first `lengths` steps (EOS included) of (N, T, C) teacher-forced logits.
 
-    `average="word"` is TextSR's Eq. 3 (the sum over the steps of a word), averaged over the batch; `"token"`
-    divides by the number of tokens instead, as aster.pytorch's `SequenceCrossEntropyLoss` does.
+    `average="word"` is TextSR's Eq. 3 (the sum over the steps of a word), averaged over the batch, which is also
+    aster.pytorch's `SequenceCrossEntropyLoss` as ASTER trains with it (`sample_normalize=True`); `"token"` divides
+    by the number of tokens instead (its `sequence_normalize=True` option).
     """
     targets, lengths = targets.to(logits.device), lengths.to(logits.device)
     steps = torch.arange(targets.shape[1], device=logits.device)
