@@ -22,7 +22,7 @@ from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.cli import LightningCLI
 
 from stisr_lightning.callbacks.results import ResultsWriter
-from stisr_lightning.callbacks.wandb_samples import WandbSampleTable
+from stisr_lightning.callbacks.samples import RunSamples
 from stisr_lightning.cli.parsing import OneLineLightningParser, one_line_errors
 from stisr_lightning.data.datamodule import STISRDataModule
 from stisr_lightning.hardware import auto_precision
@@ -50,7 +50,7 @@ class STISRCLI(LightningCLI):
                     # last.ckpt is a file (a link would name the best one); after fit it holds the final state
                     ModelCheckpoint(monitor="val/psnr", mode="max", filename="best", save_last=True),
                     ResultsWriter(),
-                    WandbSampleTable(),
+                    RunSamples(),
                 ],
             },
             args=args,
