@@ -20,7 +20,7 @@ from PIL import Image, ImageDraw
 from stisr_lightning.cli.super_resolve import model_input_spec, super_resolve_file
 from stisr_lightning.data.degradations import LEVELS, degrade_level
 from stisr_lightning.data.synthetic import discover_fonts, render_legible
-from stisr_lightning.weights import load_system, run_config_for
+from stisr_lightning.systems.loading import load_system, run_config_for
 
 CROPS = [("Lockers", (28, 96)), ("No.57805.00", (32, 180)), ("WHEELCHAIR", (24, 150)), ("Sunless", (40, 110)),
          ("tempestuously:", (30, 260))]

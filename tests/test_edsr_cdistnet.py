@@ -126,10 +126,10 @@ def test_testing_reports_the_pipelines_theoretical_size_unquantized_and_quantize
     plain = _system(subset_average="mean")
     _trainer(tmp_path).test(plain, datamodule=data)
     # the paper's Avg. is the plain mean of the subsets (here 6 easy and 4 medium images)
-    psnr = [plain.test_results[f"test/tiny/{subset}/psnr"] for subset in ("easy", "medium")]
-    assert plain.test_results["test/tiny/average/psnr"] == pytest.approx(sum(psnr) / 2)
+    psnr = [plain.test_report.results[f"test/tiny/{subset}/psnr"] for subset in ("easy", "medium")]
+    assert plain.test_report.results["test/tiny/average/psnr"] == pytest.approx(sum(psnr) / 2)
     full_bits = _size(plain.generator) + _size(plain.recognizers["cdistnet"])
-    results = plain.test_results
+    results = plain.test_report.results
     assert results["test/tiny/easy/model_size_mbit"] == pytest.approx(full_bits / 1e6)
     assert results["test/tiny/average/model_size_mbit"] == pytest.approx(full_bits / 1e6)
     assert "test/tiny/average/quantization_bits" not in results
@@ -139,11 +139,11 @@ def test_testing_reports_the_pipelines_theoretical_size_unquantized_and_quantize
     conv_weights = sum(m.weight.numel() for m in quantized.generator.modules() if isinstance(m, torch.nn.Conv2d))
     # every conv weight (mean shifts included) at 4 bits instead of 32; biases and the recognizer stay 32-bit
     expected = full_bits - (32 - 4) * conv_weights
-    results = quantized.test_results
+    results = quantized.test_report.results
     assert results["test/tiny/average/model_size_mbit"] * 1e6 == pytest.approx(expected, abs=1)
     assert results["test/tiny/average/quantization_bits"] == 4
     # the quantized generator's SR differs from the float one's, on the same weights
-    assert results["test/tiny/average/psnr"] != pytest.approx(plain.test_results["test/tiny/average/psnr"], abs=1e-6)
+    assert results["test/tiny/average/psnr"] != pytest.approx(plain.test_report.results["test/tiny/average/psnr"], abs=1e-6)
 
 
 def test_paper_sizes_of_table_two_follow_from_the_architectures():

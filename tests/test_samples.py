@@ -5,12 +5,13 @@ import torch
 from PIL import Image
 
 from stisr_lightning.callbacks.samples import RIGHT, WRONG, sample_sheet, write_samples
+from stisr_lightning.metrics.evaluation import KeptSamples
 
 
-def kept(readings: list[dict[str, str]], labels: list[str]) -> dict:
+def kept(readings: list[dict[str, str]], labels: list[str]) -> KeptSamples:
     count = len(labels)
-    return {"lr": [torch.full((3, 16, 64), 0.2)] * count, "sr": [torch.full((3, 32, 128), 0.5)] * count,
-            "hr": [torch.full((3, 32, 128), 0.8)] * count, "label": labels, "readings": readings}
+    return KeptSamples(lr=[torch.full((3, 16, 64), 0.2)] * count, sr=[torch.full((3, 32, 128), 0.5)] * count,
+                       hr=[torch.full((3, 32, 128), 0.8)] * count, label=labels, readings=readings)
 
 
 def colour_count(image: Image.Image, colour: tuple[int, int, int]) -> int:

@@ -35,7 +35,7 @@ def quiet_trainer(**overrides) -> Trainer:
 def test_test_loop_matches_hand_computed_accuracy_and_psnr(tiny_textzoom):
     system = STISRSystem(Bicubic(), recognizers={"brightness": BrightnessRecognizer()})
     quiet_trainer().test(system, datamodule=datamodule(tiny_textzoom))
-    results = system.test_results
+    results = system.test_report.results
     assert results["test/tiny/easy/brightness/acc"] == pytest.approx(4 / 6)
     assert results["test/tiny/medium/brightness/acc"] == pytest.approx(3 / 4)
     assert results["test/tiny/average/brightness/acc"] == pytest.approx(7 / 10)
@@ -44,8 +44,8 @@ def test_test_loop_matches_hand_computed_accuracy_and_psnr(tiny_textzoom):
     assert results["test/tiny/easy/psnr"] == pytest.approx(bright_psnr, abs=1e-3)
     assert results["test/tiny/medium/psnr"] == pytest.approx(dark_psnr, abs=1e-3)
     assert results["test/tiny/average/psnr"] == pytest.approx((6 * bright_psnr + 4 * dark_psnr) / 10, abs=1e-3)
-    assert system.test_set_sizes == {"tiny/easy": 6, "tiny/medium": 4}
-    assert len(system.test_samples["tiny/easy"]["label"]) == 6
+    assert system.test_report.set_sizes == {"tiny/easy": 6, "tiny/medium": 4}
+    assert len(system.test_report.samples["tiny/easy"].label) == 6
 
 
 def test_seconds_per_image_times_super_resolution_alone(tiny_textzoom, monkeypatch):
@@ -65,7 +65,7 @@ def test_seconds_per_image_times_super_resolution_alone(tiny_textzoom, monkeypat
 
     system = STISRSystem(OneSecondBicubic(), recognizers={"brightness": SlowReader()})
     quiet_trainer().test(system, datamodule=datamodule(tiny_textzoom))  # batches of 3: easy 3 + 3, medium 3 + 1
-    results = system.test_results
+    results = system.test_report.results
     assert results["test/tiny/easy/seconds_per_image"] == pytest.approx(2 / 6)
     assert results["test/tiny/medium/seconds_per_image"] == pytest.approx(2 / 4)
     assert results["test/tiny/average/seconds_per_image"] == pytest.approx(4 / 10)
@@ -107,7 +107,7 @@ def test_lpips_without_backbone_is_not_available_and_text_fid_is_reported(tiny_t
 
     system = STISRSystem(Bicubic(), recognizers={"easyocr": EasyOCRCRNN()}, lpips_net="vgg", fid_recognizer="easyocr")
     quiet_trainer().test(system, datamodule=datamodule(tiny_textzoom))
-    results = system.test_results
+    results = system.test_report.results
     assert math.isnan(results["test/tiny/easy/lpips"])  # no ImageNet backbone in the hub cache here
     assert math.isfinite(results["test/tiny/easy/fid_text"]) and results["test/tiny/easy/fid_text"] >= 0
     assert "test/tiny/average/fid_text" not in results  # a Frechet distance does not average over subsets

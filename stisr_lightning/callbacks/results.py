@@ -18,6 +18,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from stisr_lightning.data.datamodule import test_set_path
 from stisr_lightning.hardware import describe_cpu
+from stisr_lightning.metrics.evaluation import TestReport
 
 PACKAGES = ("stisr-lightning", "torch", "torchvision", "lightning", "torchmetrics", "kornia", "onnxruntime", "rapidocr")
 
@@ -124,11 +125,12 @@ class ResultsWriter(Callback):
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         test_seconds = time.perf_counter() - self._test_start
-        sizes = pl_module.test_set_sizes
+        report: TestReport = pl_module.test_report
+        sizes = report.set_sizes
         datamodule = trainer.datamodule
         test_sets = getattr(datamodule, "test_sets", {})
         data_paths = list(getattr(datamodule, "train_dirs", [])) + [test_set_path(entry) for entry in test_sets.values()]
-        metrics = pl_module.test_results
+        metrics = report.results
         record = {
             # NaN marks a metric that could not be computed here (LPIPS without its backbone): JSON null, listed.
             "metrics": {key: None if math.isnan(value) else value for key, value in metrics.items()},
@@ -161,7 +163,7 @@ class ResultsWriter(Callback):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
         if self.print_tables:
-            for title, table in results_tables(pl_module.test_results, pl_module.test_set_names).items():
+            for title, table in results_tables(report.results, report.set_names).items():
                 if not table.empty:
                     shown = table.astype(object).where(table.notna(), None)
                     text = shown.to_markdown(floatfmt=".2f" if "accuracy" in title else ".4f", missingval="n/a")

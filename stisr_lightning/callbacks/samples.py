@@ -22,6 +22,7 @@ from torch import Tensor
 
 from stisr_lightning.callbacks.results import results_tables
 from stisr_lightning.data.charset import filter_text
+from stisr_lightning.metrics.evaluation import KeptSamples, TestReport
 
 IMAGE_KINDS = ("lr", "sr", "hr")
 SampleRow = tuple[str, str, str, dict[str, Path], dict[str, str]]
@@ -34,16 +35,17 @@ def _png(tensor: Tensor, path: Path) -> Path:
     return path
 
 
-def write_samples(test_samples: dict, run_dir: Path) -> list[SampleRow]:
+def write_samples(samples: dict[str, KeptSamples], run_dir: Path) -> list[SampleRow]:
     """Every kept test sample as PNG files under `samples/`, one row each."""
     rows = []
-    for set_name, kept in test_samples.items():
+    for set_name, kept in samples.items():
         folder = run_dir / "samples" / set_name.replace("/", "-")
         folder.mkdir(parents=True, exist_ok=True)
-        for index, label in enumerate(kept["label"]):
+        for index, label in enumerate(kept.label):
             stem = folder / f"{index:03d}"
-            files = {kind: _png(kept[kind][index], stem.with_name(f"{stem.name}-{kind}.png")) for kind in IMAGE_KINDS}
-            rows.append((set_name, label, stem.relative_to(run_dir).as_posix(), files, kept["readings"][index]))
+            files = {kind: _png(getattr(kept, kind)[index], stem.with_name(f"{stem.name}-{kind}.png"))
+                     for kind in IMAGE_KINDS}
+            rows.append((set_name, label, stem.relative_to(run_dir).as_posix(), files, kept.readings[index]))
     return rows
 
 
@@ -74,9 +76,10 @@ def sample_sheet(rows: list[SampleRow], recognizers: list[str]) -> Image.Image:
 class RunSamples(Callback):
     @rank_zero_only
     def on_test_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        report: TestReport = pl_module.test_report
         run_dir = Path(trainer.default_root_dir)
-        rows = write_samples(pl_module.test_samples, run_dir)
-        recognizers = list(pl_module.recognizers)
+        rows = write_samples(report.samples, run_dir)
+        recognizers = report.recognizers
         if rows:
             sample_sheet(rows, recognizers).save(run_dir / "samples" / "sheet.png")
         loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
@@ -90,6 +93,6 @@ class RunSamples(Callback):
                     + [readings[r] for r in recognizers] for set_name, label, stem, files, readings in rows]
             logger.log_table("test/samples", columns=["test set", "label", "files", "LR", "SR", "HR"] + recognizers,
                              data=data)
-        for title, table in results_tables(pl_module.test_results, pl_module.test_set_names).items():
+        for title, table in results_tables(report.results, report.set_names).items():
             if not table.empty:
                 logger.log_table(f"test/{title}", dataframe=table.reset_index(names="row"))

@@ -7,30 +7,19 @@ Papers subclass it and override only the hook that differs:
 
 from __future__ import annotations
 
-from time import perf_counter
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any, Literal
 
 import torch
 from lightning.pytorch import LightningModule
 from torch import Tensor, nn
-from torchmetrics import MetricCollection, SumMetric
 
 from stisr_lightning.losses.mix import LossMix
-from stisr_lightning.metrics.fid import TextFeatureFID
-from stisr_lightning.metrics.image import PSNR, SSIM
-from stisr_lightning.metrics.lpips import LPIPS
-from stisr_lightning.metrics.recognition import NormalizedEditDistance, WordAccuracy, weighted_average
+from stisr_lightning.metrics.evaluation import TestHarness, TestReport, image_metrics
+from stisr_lightning.metrics.recognition import WordAccuracy
 from stisr_lightning.models.recognizers.base import Recognizer
 from stisr_lightning.weights import load_weights
-
-NON_ADDITIVE_METRICS = {"fid_text"}
-"""A Frechet distance of the union is not a weighted mean of the subsets' distances: no average is reported."""
-
-
-def _slot(name: str) -> str:
-    """ModuleDict keys may not contain '.'; test-set names ('synthetic/easy') are mapped to safe keys."""
-    return name.replace(".", "_").replace("/", "__")
 
 
 class STISRSystem(LightningModule):
@@ -125,18 +114,10 @@ class STISRSystem(LightningModule):
         for target in self.compile_targets:
             self._compile_target(target)  # validates the names now, before any training
         self._compiled = False
-        self.val_metrics = self._image_metrics()
+        self.val_metrics = image_metrics(self.psnr_batch_averaged)
         self.val_accuracy = WordAccuracy()
-        self.test_metrics = nn.ModuleDict()
-        self.test_set_names: list[str] = []
-        self.test_results: dict[str, float] = {}
-        self.test_set_sizes: dict[str, int] = {}
-        self.test_samples: dict[str, dict[str, Any]] = {}
-
-    def _image_metrics(self) -> MetricCollection:
-        return MetricCollection(
-            {"psnr": PSNR(batch_averaged=self.psnr_batch_averaged), "ssim": SSIM(batch_averaged=self.psnr_batch_averaged)}
-        )
+        self.test_harness: TestHarness | None = None
+        self.test_report: TestReport | None = None
 
     # ----------------------------------------------------------------------------------------------- hooks
     def forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -254,44 +235,17 @@ class STISRSystem(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- test
     def setup(self, stage: str) -> None:
-        if stage != "test":
-            return
-        datamodule = self.trainer.datamodule
-        self.test_set_names = list(getattr(datamodule, "test_set_names", []))
-        if not self.test_set_names:
-            raise ValueError("the data module defines no test sets (data.test_sets is empty)")
-        for name in self.test_set_names:
-            per_set = {"image": self._image_metrics(), "count": SumMetric(), "sr_seconds": SumMetric()}
-            # Built at test time only, so their networks never enter training checkpoints.
-            if self.lpips_net:
-                per_set["image"].add_metrics({"lpips": LPIPS(net=self.lpips_net)})
-            if self.fid_recognizer:
-                per_set["fid_text"] = TextFeatureFID(self.recognizers[self.fid_recognizer])
-            for recognizer in self.recognizers:
-                per_set[f"{recognizer}__acc"] = WordAccuracy()
-                per_set[f"{recognizer}__ned"] = NormalizedEditDistance()
-            self.test_metrics[_slot(name)] = nn.ModuleDict(per_set).to(self.device)
+        if stage == "test":
+            self.test_harness = TestHarness(
+                list(getattr(self.trainer.datamodule, "test_set_names", [])), dict(self.recognizers),
+                self.psnr_batch_averaged, self.lpips_net, self.fid_recognizer, self.sample_count, self.subset_average,
+            ).to(self.device)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         with self.full_precision():
-            self._test(batch, self.test_set_names[dataloader_idx])
-
-    def _test(self, batch: dict[str, Any], name: str) -> None:
-        metrics = self.test_metrics[_slot(name)]
-        sr, seconds = self._timed_super_resolve(batch)
-        metrics["sr_seconds"].update(torch.tensor(seconds, device=self.device))
-        metrics["image"].update(sr, batch["hr"])
-        metrics["count"].update(torch.tensor(float(len(batch["label"])), device=self.device))
-        if "fid_text" in metrics:
-            metrics["fid_text"].update(batch["hr"], real=True)
-            metrics["fid_text"].update(sr, real=False)
-        rgb = sr[:, :3].clamp(0, 1)
-        readings = {}
-        for recognizer_name, recognizer in self.recognizers.items():
-            readings[recognizer_name] = recognizer.read(rgb)
-            metrics[f"{recognizer_name}__acc"].update(readings[recognizer_name], batch["label"])
-            metrics[f"{recognizer_name}__ned"].update(readings[recognizer_name], batch["label"])
-        self._keep_samples(name, batch, rgb, readings)
+            sr, seconds = self._timed_super_resolve(batch)
+            self.test_harness.update(self.test_harness.set_names[dataloader_idx], batch, sr, seconds,
+                                     keep_samples=self.global_rank == 0)
 
     def _timed_super_resolve(self, batch: dict[str, Any]) -> tuple[Tensor, float]:
         """SR and its wall time alone (recognizers and metrics excluded): what TextDiff's Table 5 reports. The GPU is
@@ -303,61 +257,17 @@ class STISRSystem(LightningModule):
         synchronize()
         return sr, perf_counter() - start
 
-    def _keep_samples(self, name: str, batch: dict[str, Any], rgb: Tensor, readings: dict[str, list[str]]) -> None:
-        kept = self.test_samples.setdefault(name, {"lr": [], "sr": [], "hr": [], "label": [], "readings": []})
-        room = self.sample_count - len(kept["label"])
-        if room <= 0 or self.global_rank != 0:
-            return
-        kept["lr"].extend(batch["lr"][:room, :3].detach().cpu())
-        kept["sr"].extend(rgb[:room].detach().cpu())
-        kept["hr"].extend(batch["hr"][:room, :3].detach().cpu())
-        kept["label"].extend(batch["label"][:room])
-        kept["readings"].extend({r: texts[i] for r, texts in readings.items()} for i in range(min(room, len(rgb))))
-
     def on_test_epoch_end(self) -> None:
-        per_set: dict[str, dict[str, float]] = {}
-        sizes: dict[str, int] = {}
-        for name in self.test_set_names:
-            metrics = self.test_metrics[_slot(name)]
-            sizes[name] = int(metrics["count"].compute().item())
-            values = {metric: float(value) for metric, value in metrics["image"].compute().items()}
-            values["seconds_per_image"] = float(metrics["sr_seconds"].compute()) / max(1, sizes[name])
-            if "fid_text" in metrics:
-                values["fid_text"] = float(metrics["fid_text"].compute())
-            for recognizer in self.recognizers:
-                values[f"{recognizer}/acc"] = float(metrics[f"{recognizer}__acc"].compute())
-                values[f"{recognizer}/ned"] = float(metrics[f"{recognizer}__ned"].compute())
-            per_set[name] = {**values, **self.run_metrics()}
-        per_set.update(self._subset_averages(per_set, sizes))
-        self.test_results = {f"test/{name}/{metric}": v for name, values in per_set.items() for metric, v in values.items()}
-        self.test_set_sizes = sizes
+        self.test_report = self.test_harness.report(self.run_metrics())
         # Logged straight to the loggers: values are already reduced over ranks and are not per dataloader.
         if self.trainer.is_global_zero:
             for logger in self.loggers:
-                logger.log_metrics(self.test_results, step=self.global_step)
+                logger.log_metrics(self.test_report.results, step=self.global_step)
 
     def run_metrics(self) -> dict[str, float]:
         """Numbers that describe the tested model rather than a test set (a quantized pipeline's theoretical size);
         every test set reports them, so tables read them like any other metric."""
         return {}
-
-    def _subset_averages(self, per_set: dict[str, dict[str, float]], sizes: dict[str, int]) -> dict[str, dict[str, float]]:
-        """The average over easy/medium/hard (weighted by subset size, or their plain mean: `subset_average`) for
-        every data set whose test sets are named '<dataset>/<subset>' with more than one subset."""
-        datasets: dict[str, list[str]] = {}
-        for name in self.test_set_names:
-            if "/" in name:
-                datasets.setdefault(name.rsplit("/", 1)[0], []).append(name)
-        averages = {}
-        for dataset, names in datasets.items():
-            if len(names) > 1:
-                weights = {n: sizes[n] if self.subset_average == "weighted" else 1 for n in names}
-                averages[f"{dataset}/average"] = {
-                    metric: weighted_average({n: per_set[n][metric] for n in names}, weights)
-                    for metric in per_set[names[0]]
-                    if metric not in NON_ADDITIVE_METRICS
-                }
-        return averages
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def _frozen_prefixes(self) -> tuple[str, ...]:
