@@ -181,12 +181,13 @@ class STISRSystem(LightningModule):
         """Parts of a training step that `stisr-bench train` times alone, to report their share of the step: the
         generator's own (its `step_parts`, e.g. a text prior) and each loss term that runs a recognizer."""
         parts = dict(self.generator.step_parts(batch["lr"])) if hasattr(self.generator, "step_parts") else {}
-        for name, term in self.loss.terms.items():
-            if getattr(term, "recognizer", None) is None or self.loss.weights[name] == 0:
-                continue
+        terms = {name: term for name, term in self.loss.terms.items()
+                 if getattr(term, "recognizer", None) is not None and self.loss.weights[name] != 0}
+        if terms:  # one forward for all of them; each term's backward stops at these detached outputs
             outputs = {key: value.detach().requires_grad_(value.is_floating_point()) if torch.is_tensor(value) else value
                        for key, value in self.forward_train(batch).items()}
-            parts[f"{name} loss"] = lambda term=term, outputs=outputs: term(outputs, batch).backward()
+            for name, term in terms.items():
+                parts[f"{name} loss"] = lambda term=term: term(outputs, batch).backward()
         return parts
 
     def configure_optimizers(self):
