@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import os
 import re
 import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +19,72 @@ SHIPPED_PREFIX = "shipped:"
 SHIPPED_GENERATORS = Path(__file__).resolve().parent / "models" / "generators" / "weights"
 """Generator weights the suite trained itself and ships in the package, named `shipped:<name>` in configs
 (`shipped:tsrn_synthetic` is `models/generators/weights/tsrn_synthetic.pt`; its recipe is beside it)."""
+
+
+OFFICIAL_PREFIX = "official:"
+WEIGHTS_DIR_ENV = "STISR_WEIGHTS"
+"""Official files are named `official:<file>` in configs and live in one folder: $STISR_WEIGHTS, else ./weights."""
+STRICT_WEIGHTS_ENV = "STISR_STRICT_WEIGHTS"
+"""When "1", a helper network or reader without its weights file is an error instead of a warning (full presets)."""
+OFFICIAL_FILES = Path(__file__).resolve().parent / "official_files.csv"
+
+
+@dataclass(frozen=True)
+class OfficialFile:
+    file: str
+    what: str
+    source: str
+    needed_by: str
+
+
+def official_files() -> list[OfficialFile]:
+    """The official files the suite knows by name (official_files.csv): what each is, where it comes from, and
+    which tables need it."""
+    with OFFICIAL_FILES.open(newline="") as handle:
+        return [OfficialFile(**row) for row in csv.DictReader(handle)]
+
+
+def weights_dir() -> Path:
+    return Path(os.environ.get(WEIGHTS_DIR_ENV) or "weights")
+
+
+def official_path(reference: str) -> Path:
+    """The file an `official:<file>` reference names, in the weights directory (not checked for existence)."""
+    return weights_dir() / reference[len(OFFICIAL_PREFIX):]
+
+
+def official_references(config: Any) -> Iterator[str]:
+    """Every `official:<file>` string inside a (nested) config, in order of appearance."""
+    if isinstance(config, str) and config.startswith(OFFICIAL_PREFIX):
+        yield config
+    elif isinstance(config, dict):
+        for value in config.values():
+            yield from official_references(value)
+    elif isinstance(config, (list, tuple)):
+        for value in config:
+            yield from official_references(value)
+
+
+def missing_official_message(reference: str) -> str:
+    return (f"{reference}: {official_path(reference)} not found (put the official file there or set {WEIGHTS_DIR_ENV} "
+            f"to the folder that holds it; `stisr-data weights check` lists every expected file)")
+
+
+def file_digest(path: Path) -> str:
+    """First 12 hex digits of the file's SHA-256."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def report_untrained(message: str) -> None:
+    """A network that should hold trained weights has none (`message` says which and where weights come from): a
+    warning, or an error under STISR_STRICT_WEIGHTS=1, so that no full-protocol run trains or reads with it."""
+    if os.environ.get(STRICT_WEIGHTS_ENV) == "1":
+        raise ValueError(f"{message} ({STRICT_WEIGHTS_ENV}=1: every helper needs its weights file)")
+    warnings.warn(message, stacklevel=3)
 
 
 def strip_prefix(state_dict: dict[str, Tensor], prefix: str = "module.") -> dict[str, Tensor]:
@@ -40,8 +111,14 @@ def load_state_dict_strict(module: nn.Module, state_dict: dict[str, Tensor], sou
 
 
 def resolve_weights(path: str | Path) -> Path:
-    """A weights path as given, or the package file that a `shipped:<name>` path names."""
+    """A weights path as given, the weights-directory file that `official:<file>` names, or the package file that a
+    `shipped:<name>` path names."""
     path = str(path)
+    if path.startswith(OFFICIAL_PREFIX):
+        resolved = official_path(path)
+        if not resolved.is_file():
+            raise FileNotFoundError(missing_official_message(path))
+        return resolved
     if not path.startswith(SHIPPED_PREFIX):
         return Path(path)
     name = path[len(SHIPPED_PREFIX):]
@@ -136,7 +213,7 @@ def frozen_loss_recognizer(recognizer: Any, path: str | None, owner: str, hint: 
     if path is not None:
         load_state_dict_strict(recognizer, extract_state_dict(read_checkpoint(path), "recognizer."), path)
     else:
-        warnings.warn(f"{owner}: no recognizer_weights, so the recognizer is untrained; {hint}", stacklevel=3)
+        report_untrained(f"{owner}: no recognizer_weights, so the recognizer is untrained; {hint}")
     return recognizer.freeze()
 
 

@@ -23,7 +23,7 @@ def test_every_experiment_config_instantiates(path, tmp_path):
                    run=False)
     assert isinstance(cli.model, LightningModule)
     trainable = sum(p.numel() for p in cli.model.parameters() if p.requires_grad)
-    assert trainable > 0 or path.name.startswith("bicubic")
+    assert trainable > 0 or path.name.startswith("bicubic") or path.name == "hr.yaml"  # nothing to train
     if path.name in OFFICIAL_GENERATOR_PARAMETERS:
         generator_parameters = sum(p.numel() for p in cli.model.generator.parameters())
         assert generator_parameters == OFFICIAL_GENERATOR_PARAMETERS[path.name]

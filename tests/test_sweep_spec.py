@@ -64,14 +64,15 @@ def test_every_sweep_file_loads_and_expands(path, expansions):
 def test_lemma_comparison_layout_and_references(expansions):
     spec = load_spec("comparisons/lemma_textzoom")
     table = spec.tables[0]
-    assert [row.name for row in table.rows] == ["Bicubic", "SRCNN", "SRResNet", "TSRN", "TBSRN", "TATT", "LEMMA"]
+    assert [row.name for row in table.rows] == ["Bicubic", "SRCNN", "SRResNet", "TSRN", "TBSRN", "TATT", "LEMMA", "HR"]
     assert [(c.group, c.name) for c in table.columns][:4] == [("ASTER", n) for n in ("Easy", "Medium", "Hard", "Average")]
     assert table.rows[0].subcommand == "test" and table.rows[1].subcommand == "fit"
     # the paper's numbers come from sweeps/references/lemma.csv (BICUBIC / ASTER/easy = 67.4 in LEMMA Table 3)
     assert table.reference[("Bicubic", "ASTER/Easy")].value == pytest.approx(67.4)
     assert table.reference[("TSRN", "CRNN/Average")].value == pytest.approx(41.4)
     assert spec.metric(table.columns[4], spec.presets["tiny"]) == "test/synthetic/easy/easyocr-moran/acc"
-    assert spec.metric(table.columns[0], spec.presets["full"]) == "test/textzoom/easy/ppocr/acc"
+    assert spec.metric(table.columns[0], spec.presets["full"]) == "test/textzoom/easy/aster/acc"
+    assert table.reference[("HR", "ASTER/Average")].value == pytest.approx(86.6)
     expansion = expansions(spec.path, "tiny")
     bicubic = next(cell for cell in expansion.cells.values() if ("T3", "Bicubic") in cell.members)
     assert bicubic.members == [("T3", "Bicubic"), ("T5-synthetic", "Bicubic")]  # one cell serves both tables

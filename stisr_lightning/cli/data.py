@@ -1,4 +1,5 @@
-"""`stisr-data`: make synthetic TextZoom-format data, materialize STR benchmarks, inspect LMDBs, calibrate readers."""
+"""`stisr-data`: make synthetic TextZoom-format data, materialize STR benchmarks, inspect LMDBs, calibrate readers,
+check the official weights directory."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from stisr_lightning.metrics.calibration import (
 )
 from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader, check_reader_spec
 from stisr_lightning.sweeps.spec import PACKAGE_REPO
+from stisr_lightning.weights import WEIGHTS_DIR_ENV, file_digest, official_files, weights_dir
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -63,6 +65,21 @@ def _calibrate(args: argparse.Namespace) -> None:
         Path(args.json).write_text(json.dumps(record, indent=2))
 
 
+def _weights_check(folder: Path) -> int:
+    """One line per official file the suite knows: present or missing, size, hash, and the tables that need it."""
+    print(f"weights directory: {folder}" + ("" if folder.is_dir() else " (does not exist)"))
+    missing = 0
+    for entry in official_files():
+        path = folder / entry.file
+        if path.is_file():
+            state = f"present  {path.stat().st_size / 2**20:8.1f} MiB  sha256 {file_digest(path)}"
+        else:
+            state, missing = f"MISSING  {'':>8}      {'':>19}", missing + 1
+        print(f"{entry.file:<32} {state}  {entry.what}; needed by: {entry.needed_by}; from: {entry.source}")
+    print(f"{len(official_files()) - missing} present, {missing} missing")
+    return 1 if missing else 0
+
+
 def build_parser() -> ArgumentParser:
     parser = ArgumentParser(prog="stisr-data", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -92,6 +109,13 @@ def build_parser() -> ArgumentParser:
     calibrate.add_argument("--reference", default=str(PACKAGE_REPO / "sweeps" / "references" / "lemma.csv"),
                            help="paper numbers (the BICUBIC and HR rows of table T3)")
     calibrate.add_argument("--json", help="also write the numbers to this (new) file")
+    weights = commands.add_parser("weights", help="the official files the full presets load")
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True)
+    check = weights_commands.add_parser(
+        "check", help="list each expected official file: present or missing, size, hash, the tables that need it "
+                      "(exit code 1 when any is missing)")
+    check.add_argument("folder", nargs="?", type=Path, default=None,
+                       help=f"the weights directory (default: ${WEIGHTS_DIR_ENV}, else ./weights)")
     benchmark = commands.add_parser("make-str-benchmark", help="select small crops, degrade once, write HR/LR LMDB")
     benchmark.add_argument("--src", required=True)
     benchmark.add_argument("--out", required=True)
@@ -129,6 +153,8 @@ def main(argv: list[str] | None = None) -> None:
             _calibrate(args)
         except FileNotFoundError as error:  # a missing test LMDB or reader weights: one line, no traceback
             raise SystemExit(f"stisr-data calibrate: {error}") from None
+    elif args.command == "weights":
+        raise SystemExit(_weights_check(args.folder or weights_dir()))
     else:
         counts = materialize_str_benchmark(args.src, args.out, seed=args.seed)
         print(", ".join(f"{k}: {v}" for k, v in counts.items()))

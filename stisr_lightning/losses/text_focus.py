@@ -38,7 +38,7 @@ from torch import Tensor
 from stisr_lightning.data.synthetic import discover_fonts, load_font
 from stisr_lightning.losses.base import LossTerm
 from stisr_lightning.models.recognizers.stt_transformer import STTTransformer, encode_stt_labels
-from stisr_lightning.weights import frozen_loss_recognizer
+from stisr_lightning.weights import frozen_loss_recognizer, resolve_weights
 
 GLYPHS = string.digits + string.ascii_uppercase + string.ascii_lowercase
 """Row/column order of `confuse.pkl`."""
@@ -88,7 +88,7 @@ def confusion_table(distances: Tensor) -> Tensor:
 
 def official_confusion_weights(confuse_pkl_path: str | Path) -> Tensor:
     """The (37, 37) weight table from STT/LEMMA's `confuse.pkl`, exactly as the official code builds it."""
-    path = Path(confuse_pkl_path)
+    path = resolve_weights(confuse_pkl_path)
     if not path.is_file():
         raise FileNotFoundError(f"confusion matrix not found: {path}")
     try:

@@ -26,6 +26,7 @@ from typing import Any
 
 from stisr_lightning.models.generators.refined import can_refine
 from stisr_lightning.sweeps.spec import SYNTHETIC_SUBSET_NAMES, Preset, Row, SweepSpec, SweepSpecError, Table
+from stisr_lightning.weights import official_path, official_references
 
 TRAIN_MODULE, EVALUATE_MODULE = "stisr_lightning.cli.train", "stisr_lightning.cli.evaluate"
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a trained cell's run folder (stisr-train's ModelCheckpoint)
@@ -48,6 +49,8 @@ class Cell:
     refine_with: str | None = None  # cell id of a trained refiner of the output (--refine-with)
     init_from: str | None = None  # cell id whose checkpoint this cell's training starts from
     keep_checkpoints: bool = False  # other cells evaluate this one: keep its checkpoint whatever the config says
+    readers: dict[str, str] = field(default_factory=dict)  # recognizer name -> class name, as its config builds it
+    official_files: list[str] = field(default_factory=list)  # `official:<file>` references of its config
 
     @property
     def needs(self) -> list[str]:
@@ -272,7 +275,8 @@ class Expander:
         digest = config_hash(row.subcommand, config, self.out_dir)
         generator = ((config.get("model") or {}).get("init_args") or {}).get("generator") or {}
         self._generators[digest] = str(generator.get("class_path"))
-        return Cell(f"{digest}-s{seed}", digest, seed, row.subcommand, row.base, overrides, init_from=init_from)
+        return Cell(f"{digest}-s{seed}", digest, seed, row.subcommand, row.base, overrides, init_from=init_from,
+                    **loads(config))
 
     def _evaluation_cells(self, table: Table, row: Row, cells: dict[str, Cell],
                           by_row: dict[tuple[str, str], list[str]]) -> list[Cell]:
@@ -306,7 +310,7 @@ class Expander:
                                               "refine_with": refiner.config_hash if refiner else None}, self.out_dir)
             evaluated.append(Cell(f"{digest}-s{target.seed}", digest, target.seed, "test", row.base,
                                   {**trained, **row_overrides}, evaluates=target.cell_id,
-                                  refine_with=refiner.cell_id if refiner else None))
+                                  refine_with=refiner.cell_id if refiner else None, **loads(config)))
         return evaluated
 
     def _check_columns(self, table: Table, row: Row, config: dict[str, Any]) -> None:
@@ -319,6 +323,22 @@ class Expander:
                 raise SweepSpecError(f"{self._where(table, row)}: column {column.name!r}: no run can produce metric "
                                      f"{metric!r} (test sets and recognizers of {row.base.name} with preset "
                                      f"{self.preset.name!r})")
+
+
+def loads(config: dict[str, Any]) -> dict[str, Any]:
+    """What a resolved config reads with and loads: its readers (name -> class name) and official files."""
+    recognizers = ((config.get("model") or {}).get("init_args") or {}).get("recognizers") or {}
+    readers = {name: str((entry or {}).get("class_path", "?")).rsplit(".", 1)[-1] for name, entry in recognizers.items()}
+    return {"readers": readers, "official_files": list(dict.fromkeys(official_references(config)))}
+
+
+def first_missing_official_file(cells: list[Cell]) -> tuple[Cell, str] | None:
+    """The first (cell, `official:<file>`) whose file is not in the weights directory."""
+    for cell in cells:
+        for reference in cell.official_files:
+            if not official_path(reference).is_file():
+                return cell, reference
+    return None
 
 
 def _class_of(class_path: str) -> type:

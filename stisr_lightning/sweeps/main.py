@@ -20,12 +20,13 @@ import time
 from pathlib import Path
 
 from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
-from stisr_lightning.sweeps.expand import Cell, Expander, Expansion, ensure_synthetic
+from stisr_lightning.sweeps.expand import Cell, Expander, Expansion, ensure_synthetic, first_missing_official_file
 from stisr_lightning.sweeps.run import SweepRunner, stisr_train_command
 from stisr_lightning.sweeps.spec import SweepSpec, SweepSpecError, load_spec, sweeps_root
 from stisr_lightning.sweeps.store import DONE, FAILED, PENDING, CellStore, default_url
 from stisr_lightning.sweeps.tables import write_tables
 from stisr_lightning.sweeps.wandb_io import DEFAULT_PROJECT, CellLoggers, default_offline, log_aggregate, with_tracking
+from stisr_lightning.weights import STRICT_WEIGHTS_ENV, WEIGHTS_DIR_ENV, missing_official_message, official_path, weights_dir
 
 
 def build_parser(report: bool, command: str = "") -> ArgumentParser:
@@ -37,6 +38,9 @@ def build_parser(report: bool, command: str = "") -> ArgumentParser:
     parser.add_argument("--storage", help="SQLAlchemy URL of the results store (default sqlite:///<out>/store.db)")
     parser.add_argument("--only", nargs="+", metavar="ROW", help="run only these rows (by name)")
     parser.add_argument("--seeds", nargs="+", type=int, help="override the sweep file's seeds")
+    parser.add_argument("--weights-dir", type=Path,
+                        help=f"folder of the official files that `official:<file>` names (default: ${WEIGHTS_DIR_ENV}, "
+                             "else ./weights; `stisr-data weights check` lists them)")
     if command == "export-wandb":
         parser.add_argument("--to", type=Path, help="W&B sweep config YAML (default <out>/wandb_sweep.yaml)")
         return parser
@@ -67,11 +71,24 @@ def _setup(args: argparse.Namespace) -> tuple[SweepSpec, Expander, Expansion, Pa
 
 
 def print_dry_run(cells: list[Cell], out: Path, statuses: dict[str, str]) -> None:
-    print(f"{len(cells)} cells (out: {out})")
+    print(f"{len(cells)} cells (out: {out}; official files from {weights_dir()})")
     for cell in cells:
         members = ", ".join(f"{table}/{row}" for table, row in cell.members)
         print(f"\n{cell.cell_id} [{statuses.get(cell.cell_id, 'new')}] {members}")
+        print("  readers: " + (", ".join(f"{name} ({kind})" for name, kind in cell.readers.items()) or "none"))
+        files = [f"{official_path(ref).name}{'' if official_path(ref).is_file() else ' (missing)'}"
+                 for ref in cell.official_files]
+        print("  official files: " + (", ".join(files) or "none"))
         print("  " + shlex.join(stisr_train_command(cell, out / "cells" / cell.cell_id)))
+
+
+def check_official_files(cells: list[Cell]) -> None:
+    """Stops before anything runs when a cell names an official file the weights directory lacks."""
+    missing = first_missing_official_file(cells)
+    if missing is not None:
+        cell, reference = missing
+        members = ", ".join(f"{table}/{row}" for table, row in cell.members)
+        raise SweepSpecError(f"cell {cell.cell_id} ({members}) needs {missing_official_message(reference)}")
 
 
 def emit_slurm(path: Path, args: argparse.Namespace, spec: SweepSpec, out: Path, url: str) -> None:
@@ -150,6 +167,8 @@ def run(argv: list[str]) -> int:
     report = command == "report"
     args = build_parser(report, command).parse_args(argv[1:] if command else argv)
     default_offline()
+    if args.weights_dir is not None:  # the cells' stisr-train processes inherit it
+        os.environ[WEIGHTS_DIR_ENV] = str(args.weights_dir.resolve())
     if command == "export-wandb":
         return export_wandb(args)
     from stisr_lightning.sweeps.search import is_search_file, run_search  # optuna only for search files
@@ -158,6 +177,10 @@ def run(argv: list[str]) -> int:
         return run_search(args, report_only=report)
     spec, expander, expansion, out, expand_s = _setup(args)
     cells, project = list(expansion.cells.values()), None
+    if not report:
+        check_official_files(cells)
+    if expander.preset.strict_weights:  # the cells' stisr-train processes inherit it
+        os.environ[STRICT_WEIGHTS_ENV] = "1"
     if args.wandb:
         cells, project = with_tracking(cells, spec, args.preset, CellLoggers(expander.resolver))
     url = args.storage or default_url(out)

@@ -22,7 +22,7 @@ TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference
 ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand", "evaluate", "init_from"}
 EVALUATE_KEYS = {"of", "refine_with"}
 COLUMN_KEYS = {"name", "metric", "scale", "group", "decimals", "reference_column"}
-PRESET_KEYS = {"description", "overrides", "base_overrides", "synthetic", "vars"}
+PRESET_KEYS = {"description", "overrides", "base_overrides", "synthetic", "vars", "strict_weights"}
 SYNTHETIC_KEYS = {"train", "test", "seed", "str_test"}
 SYNTHETIC_SUBSET_NAMES = ("easy", "medium", "hard", "str_synth")
 
@@ -114,6 +114,9 @@ class Preset:
     vars: dict[str, str]
     description: str = ""
     base_overrides: dict[Path, dict[str, Any]] = field(default_factory=dict)  # base experiment -> its extra overrides
+    strict_weights: bool = False
+    """Every helper network and torch reader of every cell must load a weights file (STISR_STRICT_WEIGHTS=1 in the
+    cells): the paper's protocol, never a random helper."""
 
     def overrides_for(self, base: Path) -> dict[str, Any]:
         """The preset's overrides for cells of this base experiment (`overrides`, then its `base_overrides`)."""
@@ -385,8 +388,11 @@ def _presets(where: str, data: Any, default_vars: dict[str, str], experiments: P
             synthetic = Synthetic(**{**synthetic, "standins": standins})
         variables = {**default_vars, **_string_map(here, entry.get("vars"), "vars")}
         overrides = _overrides(here, entry.get("overrides"))
+        strict = entry.get("strict_weights", False)
+        if not isinstance(strict, bool):
+            raise _fail(here, f"strict_weights must be true or false, got {strict!r}")
         presets[name] = Preset(name, overrides, synthetic, variables, entry.get("description", ""),
-                               _base_overrides(here, entry.get("base_overrides"), experiments))
+                               _base_overrides(here, entry.get("base_overrides"), experiments), strict)
     return presets
 
 

@@ -19,7 +19,7 @@ from stisr_lightning.losses.mix import LossMix
 from stisr_lightning.metrics.evaluation import TestHarness, TestReport, image_metrics
 from stisr_lightning.metrics.recognition import WordAccuracy
 from stisr_lightning.models.recognizers.base import Recognizer
-from stisr_lightning.weights import load_weights
+from stisr_lightning.weights import load_weights, report_untrained
 
 
 class STISRSystem(LightningModule):
@@ -89,6 +89,10 @@ class STISRSystem(LightningModule):
                 raise ValueError(f"recognizer {name!r} is not configured (recognizers: {sorted(self.recognizers)})")
         for name, path in recognizer_weights.items():
             load_weights(self.recognizers[name], path, lightning_prefix="recognizer.")
+        for name, recognizer in self.recognizers.items():
+            if not (recognizer.ships_weights or name in recognizer_weights or name in self.fine_tune_recognizers):
+                report_untrained(f"recognizer {name!r} ({type(recognizer).__name__}) has no recognizer_weights, so it "
+                                 "reads with random weights; give the official file or one from the suite's recipes")
         for name, recognizer in self.recognizers.items():
             if name not in self.fine_tune_recognizers:
                 recognizer.freeze()

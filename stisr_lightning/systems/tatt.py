@@ -24,6 +24,7 @@ from stisr_lightning.losses.tatt import rotate_images, sample_rotations
 from stisr_lightning.models.blocks.text_prior import TPGenerator
 from stisr_lightning.models.generators.tatt import TATT
 from stisr_lightning.systems.base import STISRSystem
+from stisr_lightning.weights import report_untrained
 
 
 class TATTSystem(STISRSystem):
@@ -60,6 +61,9 @@ class TATTSystem(STISRSystem):
         if rotate_degrees < 0:
             raise ValueError(f"TATTSystem.rotate_degrees must be >= 0, got {rotate_degrees}")
         self.teacher_tpg = TPGenerator()
+        if not teacher_weights and loss is not None:
+            report_untrained("TATTSystem: no teacher_weights, so the teacher text-prior CRNN is random and its prior "
+                             "teaches nothing; give crnn.pth or runs/crnn_synth/crnn.pth")
         if teacher_weights:
             self.teacher_tpg.load_crnn_weights(teacher_weights)
             if init_student_from_teacher:

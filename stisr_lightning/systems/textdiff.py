@@ -29,6 +29,7 @@ from stisr_lightning.losses.textdiff import DiceLoss, ResidualDiffusionLoss
 from stisr_lightning.models.blocks.text_prior import TPGenerator
 from stisr_lightning.models.generators.textdiff import TextDiff
 from stisr_lightning.systems.base import STISRSystem
+from stisr_lightning.weights import report_untrained
 
 
 class TextDiffSystem(STISRSystem):
@@ -64,6 +65,9 @@ class TextDiffSystem(STISRSystem):
             raise ValueError(f"TextDiffSystem.ema_decay must be in (0, 1) or null, got {ema_decay}")
         self._check_loss_matches(generator, loss)
         self.teacher_tpg = TPGenerator(generator.tem.tpg_hidden_size)
+        if not teacher_weights and loss is not None:
+            report_untrained("TextDiffSystem: no teacher_weights, so the teacher text-prior CRNN is random and its prior "
+                             "teaches nothing; give crnn.pth or runs/crnn_synth/crnn.pth")
         if teacher_weights:
             self.teacher_tpg.load_crnn_weights(teacher_weights)
             if init_student_from_teacher:

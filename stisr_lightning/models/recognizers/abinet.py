@@ -9,7 +9,6 @@ vision -> language (-> alignment) is run, as LEMMA does; ABINet's iterative refi
 
 from __future__ import annotations
 
-import warnings
 
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -28,7 +27,7 @@ from stisr_lightning.models.recognizers.abinet_blocks import (
 from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer
 from stisr_lightning.models.recognizers.objectives import sequence_cross_entropy
 from stisr_lightning.models.recognizers.prior import TextPrior
-from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
+from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint, report_untrained
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -147,11 +146,8 @@ class ABINetPrior(nn.Module):
             state = read_abinet_state(weights)
             load_state_dict_strict(self, {k: v for k, v in state.items() if not k.startswith("alignment.")}, str(weights))
         if weights is None and (vision_weights is None or language_weights is None):
-            warnings.warn(
-                "ABINetPrior: vision or language weights missing, that part starts untrained; train "
-                "experiments/recognizers/abinet_synth.yaml or give ABINet's pretraining files",
-                stacklevel=2,
-            )
+            report_untrained("ABINetPrior: vision or language weights missing, that part starts untrained; train "
+                             "experiments/recognizers/abinet_synth.yaml or give ABINet's pretraining files")
 
     def forward(self, lr: Tensor) -> TextPrior:
         if lr.dim() != 4 or lr.size(1) < 3 or tuple(lr.shape[-2:]) != (16, 64):

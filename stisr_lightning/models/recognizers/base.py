@@ -37,6 +37,9 @@ class Recognizer(nn.Module):
     """Characters the recognizer can output, in class order (without blank/end/padding symbols)."""
     differentiable: bool = False
     frozen: bool = False
+    ships_weights: bool = True
+    """The reader holds trained weights when built (an engine or package-shipped file); a torch architecture built
+    from its class holds random ones until a weights file is loaded."""
 
     def read(self, images: Tensor) -> list[str]:
         """Return one string per image; images are (N, 3, H, W) RGB in [0, 1]."""
@@ -59,6 +62,7 @@ class TorchRecognizer(Recognizer):
     """A differentiable recognizer: `forward(images) -> RecognitionOutput`, `decode(logits) -> strings`."""
 
     differentiable = True
+    ships_weights = False
 
     def preprocess(self, images: Tensor) -> Tensor:
         raise NotImplementedError

@@ -90,6 +90,7 @@ class BidirectionalLSTM(nn.Module):
 class EasyOCRCRNN(TorchRecognizer):
     """EasyOCR english_g2 recognizer; `features` are the BiLSTM outputs averaged over time (N, 256)."""
 
+    ships_weights = True
     name = "easyocr"
     charset = ENGLISH_G2_CHARSET
 

@@ -185,6 +185,7 @@ class PPOCRTorch(TorchRecognizer):
     `features` are the SVTR neck outputs averaged over time (N, 120).
     """
 
+    ships_weights = True
     name = "ppocr"
 
     def __init__(self, model_path: str | Path | None = None, min_width: int = 0) -> None:
