@@ -71,6 +71,16 @@ def test_datamodule_loaders(data):
     assert batch["index"].dtype == torch.int64 and batch["label"] == ["w200", "w201", "w202"]
 
 
+def test_official_protocol_validates_on_the_test_sets_and_trains_on_every_pair(data):
+    module = _module(data, val_test_sets=["synthetic/easy", "synthetic/hard"])
+    module.setup("fit")
+    val_labels = [label for batch in module.val_dataloader() for label in batch["label"]]
+    assert val_labels == [f"w{200 + i}" for i in range(7)] + [f"w{100 + i}" for i in range(5)]  # easy, then hard
+    assert len(module.train_set) == 40
+    with pytest.raises(ValueError, match="data.val_test_sets: 'synthetic/medium' is not a test set"):
+        _module(data, val_test_sets=["synthetic/medium"])
+
+
 class _FakeTrainer:
     def __init__(self, world_size, global_rank):
         self.world_size, self.global_rank = world_size, global_rank

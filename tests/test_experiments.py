@@ -8,7 +8,8 @@ from lightning.pytorch import LightningModule
 from stisr_lightning.cli.train import STISRCLI
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if "_base" not in p.parts)
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if not {"_base", "released"} & set(p.parts))
+"""released/ configs name official files: tests/test_official_weights.py instantiates them with a weights directory."""
 OFFICIAL_GENERATOR_PARAMETERS = {
     "tsrn.yaml": 2_681_677,  # tsrn.json
     "tbsrn.yaml": 2_980_485,  # tbsrn.json less the modules its forward never calls (conv, bn, per-block GRUs)

@@ -39,6 +39,13 @@ FULL_SWEEPS = ["comparisons/lemma_textzoom", "ablations/lemma", "ablations/textd
                "ablations/edsr_cdistnet"]
 
 
+@pytest.fixture(autouse=True)
+def restored_environment(monkeypatch):
+    """stisr-sweep sets both variables for the cells it starts; recording them here restores them after each test."""
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, "weights")
+    monkeypatch.setenv(STRICT_WEIGHTS_ENV, "0")
+
+
 def perturbed(module: torch.nn.Module, prefix: str = "") -> dict[str, torch.Tensor]:
     """The module's state dict moved off its initial values (so a module left at init cannot match the file)."""
     generator = torch.Generator().manual_seed(0)
@@ -104,7 +111,7 @@ def test_an_untrained_reader_warns_and_is_an_error_under_strict_weights(monkeypa
 
 
 @pytest.mark.parametrize("sweep", FULL_SWEEPS)
-def test_full_dry_run_stops_on_the_first_missing_file(sweep, tmp_path, capsys):
+def test_full_dry_run_stops_on_the_first_missing_file(sweep, tmp_path):
     with pytest.raises(SweepSpecError, match=rf"^cell \w+-s0 \(.*\) needs official:[\w.-]+: {tmp_path}/[\w.-]+ "
                                              r"not found \(put the official file there"):
         sweep_run([f"{sweep}.yaml", "--preset", "full", "--dry-run", "--out", str(tmp_path / "out"),
@@ -112,8 +119,6 @@ def test_full_dry_run_stops_on_the_first_missing_file(sweep, tmp_path, capsys):
 
 
 def test_full_dry_run_lists_readers_and_official_files(official_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
-    monkeypatch.delenv(STRICT_WEIGHTS_ENV, raising=False)
     code = sweep_run(["comparisons/lemma_textzoom.yaml", "--preset", "full", "--dry-run", "--out", str(tmp_path),
                       "--weights-dir", str(official_dir)])
     text = capsys.readouterr().out
@@ -196,3 +201,68 @@ def test_hr_reference_reads_the_hr_images():
     assert torch.equal(system.super_resolve(batch["lr"], batch), batch["hr"])
     with pytest.raises(ValueError, match="HRReference: reads the test pairs' HR images"):
         system(batch["lr"])
+
+
+def _released_files(folder: Path, name: str) -> None:
+    """`name`'s released generator file (official layout and container, `module.` prefix, random values)."""
+    from fakes import random_official_state
+    from stisr_lightning.models.generators.tbsrn import TBSRN
+
+    state = random_official_state(name, seed=5)
+    if name == "tbsrn":  # the released TBSRN file carries the TPS buffers its manifest does not list
+        state.update({f"tps.{k}": v for k, v in TBSRN().tps.state_dict().items()})
+    file = {"tbsrn": "model_best.pth", "tatt": "model_best_acc_0.pth", "lemma": "LEMMA-release.pth"}[name]
+    torch.save({"state_dict_G": {f"module.{k}": v for k, v in state.items()}, "info": {}}, folder / file)
+    if name == "tatt":
+        torch.save(random_official_state("crnn", seed=6), folder / "recognizer_best_acc_0.pth")
+
+
+@pytest.mark.parametrize("name, config", [("tbsrn", "tbsrn.yaml"), ("tatt", "released/tatt.yaml"),
+                                          ("lemma", "lemma.yaml")])
+def test_stisr_sr_and_eval_load_released_generators_as_the_official_loaders_do(name, config, tmp_path, monkeypatch):
+    from PIL import Image
+
+    from stisr_lightning.cli.super_resolve import main as super_resolve
+    from stisr_lightning.models.generators.lemma import load_official_lemma
+    from stisr_lightning.models.generators.tatt import load_official_tatt
+    from stisr_lightning.models.generators.tbsrn import load_official_tbsrn
+    from stisr_lightning.systems.loading import load_system
+
+    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
+    _released_files(tmp_path, name)
+    file = {"tbsrn": "model_best.pth", "tatt": "model_best_acc_0.pth", "lemma": "LEMMA-release.pth"}[name]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the official files' unused keys, LEMMA's prior built before its file loads
+        official = {
+            "tbsrn": lambda: load_official_tbsrn(tmp_path / file),
+            "tatt": lambda: load_official_tatt(tmp_path / file, tmp_path / "recognizer_best_acc_0.pth"),
+            "lemma": lambda: load_official_lemma(tmp_path / file, ABINetPrior()),
+        }[name]()
+        system = load_system(f"official:{file}", REPO / "experiments" / config)  # stisr-sr's and --weights' path
+    ours = system.generator.state_dict()
+    assert ours.keys() == official.state_dict().keys()
+    assert all(torch.equal(ours[key], value) for key, value in official.state_dict().items())
+    Image.new("RGB", (64, 16), (200, 200, 200)).save(tmp_path / "crop.png")
+    with pytest.raises(SystemExit) as ended, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        super_resolve([f"official:{file}", str(tmp_path / "crop.png"), "-o", str(tmp_path / "out"),
+                       "--config", str(REPO / "experiments" / config)])
+    assert ended.value.code == 0
+    assert Image.open(tmp_path / "out" / "crop.png").size == (128, 32)
+
+
+def test_official_preset_is_full_plus_the_official_codes_choices(resolver, tmp_path):
+    spec = load_spec("comparisons/lemma_textzoom")
+    cells = {}
+    for preset in ("full", "official"):
+        expansion = Expander(spec, spec.presets[preset], tmp_path / preset, resolver).expand(only=["LEMMA", "TSRN"])
+        cells[preset] = {row: cell for cell in expansion.cells.values() for _, row in cell.members}
+    for row in ("LEMMA", "TSRN"):
+        full, official = cells["full"][row].overrides, cells["official"][row].overrides
+        added = {key: value for key, value in official.items() if full.get(key) != value}
+        expected = {"data.val_test_sets": ["textzoom/easy", "textzoom/medium", "textzoom/hard"]}
+        if row == "LEMMA":
+            expected |= {"model.init_args.loss.init_args.scale": 100.0,
+                         "model.init_args.loss.init_args.terms.prior_ce.init_args.official_double_softmax": True}
+        assert added == expected and set(full) <= set(official)
+    assert spec.presets["official"].strict_weights and not spec.presets["tiny"].strict_weights

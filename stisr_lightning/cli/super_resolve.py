@@ -32,6 +32,7 @@ from stisr_lightning.cli.parsing import ArgumentParser
 from stisr_lightning.data.tiling import fit_to_height, open_crop, super_resolve_tiled
 from stisr_lightning.data.textzoom import image_to_tensor
 from stisr_lightning.systems.loading import load_system, run_config_for
+from stisr_lightning.weights import resolve_weights
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 
@@ -93,7 +94,8 @@ def super_resolve_file(system, path: Path, lr_size: tuple[int, int], hr_size: tu
 
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="stisr-sr", description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("checkpoint", help="suite checkpoint or official generator weights; 'none' for bicubic")
+    parser.add_argument("checkpoint", help="suite checkpoint or official generator weights (a path, or official:<file> "
+                                           "in the weights directory); 'none' for bicubic")
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("-o", "--out", required=True, help="output folder")
     parser.add_argument("--config", help="run config (default: the config.yaml of the checkpoint's run)")
@@ -103,8 +105,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     checkpoint = None if args.checkpoint.lower() == "none" else args.checkpoint
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        parser.exit(2, f"stisr-sr: error: checkpoint {checkpoint} does not exist\n")
+    if checkpoint is not None:
+        try:
+            if not resolve_weights(checkpoint).is_file():
+                raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+        except FileNotFoundError as error:
+            parser.exit(2, f"stisr-sr: error: {error}\n")
     if checkpoint is None and not args.config:
         parser.exit(2, "stisr-sr: error: 'none' (bicubic) needs --config, e.g. experiments/bicubic.yaml\n")
     try:

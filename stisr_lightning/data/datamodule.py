@@ -77,7 +77,12 @@ class STISRDataModule(L.LightningDataModule):
         max_label_length: int | None = None,
         drop_last: bool = True,
         lr_from_hr: bool = False,
+        val_test_sets: list[str] | None = None,
     ) -> None:
+        """`val_test_sets`: validate (and so pick the best checkpoint) on these test sets, concatenated, and train on
+        every training pair - the official TextZoom / TBSRN / TATT / LEMMA protocol, which keeps the model that scores
+        best on TextZoom's test subsets (it sums their accuracies; the concatenation weights them by size). None (the
+        default) holds `val_fraction` of the training pairs out instead, so that no test image chooses the model."""
         super().__init__()
         self.train_dirs = list(train_dirs)
         self.test_sets = dict(test_sets)
@@ -88,6 +93,10 @@ class STISRDataModule(L.LightningDataModule):
                     problem = f"unknown key {unknown[0]!r}" if unknown else "no 'path'"
                     raise ValueError(f"data.test_sets.{name}: {problem} (allowed: path, {', '.join(TEST_SET_OPTIONS)})")
         self.val_fraction = val_fraction
+        unknown = sorted(set(val_test_sets or []) - set(self.test_sets))
+        if unknown:
+            raise ValueError(f"data.val_test_sets: {unknown[0]!r} is not a test set (test sets: {', '.join(self.test_sets)})")
+        self.val_test_sets = list(val_test_sets) if val_test_sets else None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.num_workers = num_workers
@@ -115,8 +124,12 @@ class STISRDataModule(L.LightningDataModule):
             if not self.train_dirs:
                 raise ValueError("STISRDataModule: train_dirs is empty")
             full = ConcatDataset([TextZoomLMDB(path, **self.dataset_args) for path in self.train_dirs])
-            train_indices, val_indices = split_train_val(len(full), self.val_fraction, self.seed)
-            self.train_set, self.val_set = Subset(full, train_indices), Subset(full, val_indices)
+            if self.val_test_sets:
+                self.train_set = full
+                self.val_set = ConcatDataset([self._test_dataset(self.test_sets[name]) for name in self.val_test_sets])
+            else:
+                train_indices, val_indices = split_train_val(len(full), self.val_fraction, self.seed)
+                self.train_set, self.val_set = Subset(full, train_indices), Subset(full, val_indices)
         if stage in (None, "test") and not self.test_datasets:
             self.test_datasets = [self._test_dataset(entry) for entry in self.test_sets.values()]
 
