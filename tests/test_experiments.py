@@ -8,8 +8,10 @@ from lightning.pytorch import LightningModule
 from stisr_lightning.cli.train import STISRCLI
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml") if not {"_base", "released"} & set(p.parts))
-"""released/ configs name official files: tests/test_official_weights.py instantiates them with a weights directory."""
+EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml")
+                     if not {"_base", "released", "addons"} & set(p.parts))
+"""released/ configs name official files (tests/test_official_weights.py instantiates them with a weights directory);
+addons/ configs complete another config (tested below, composed)."""
 OFFICIAL_GENERATOR_PARAMETERS = {
     "tsrn.yaml": 2_681_677,  # tsrn.json
     "tbsrn.yaml": 2_980_485,  # tbsrn.json less the modules its forward never calls (conv, bn, per-block GRUs)
@@ -28,3 +30,15 @@ def test_every_experiment_config_instantiates(path, tmp_path):
     if path.name in OFFICIAL_GENERATOR_PARAMETERS:
         generator_parameters = sum(p.numel() for p in cli.model.generator.parameters())
         assert generator_parameters == OFFICIAL_GENERATOR_PARAMETERS[path.name]
+
+
+def test_recognition_loss_addon_composes_onto_tsrn(tmp_path):
+    from stisr_lightning.losses.recognition import RecognitionLoss
+
+    cli = STISRCLI(args=["--config", str(REPO / "experiments" / "tsrn.yaml"),
+                         "--config", str(REPO / "experiments" / "addons" / "tsrn_recognition_loss.yaml"),
+                         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"], run=False)
+    loss = cli.model.loss
+    assert list(loss.terms) == ["mse", "gradient_prior", "recognition"] and loss.scale == 100.0
+    assert isinstance(loss.terms["recognition"], RecognitionLoss) and loss.terms["recognition"].recognizer.frozen
+    assert set(cli.model.recognizers).isdisjoint({"easyocr"})  # the judge fills no column

@@ -41,3 +41,32 @@ def test_gradient_prior_decreases_under_optimisation():
         value.backward()
         optimizer.step()
     assert value.item() < 0.5 * first
+
+
+def test_recognition_loss_is_the_frozen_readers_ctc_and_teaches_the_image():
+    import torch.nn.functional as F
+
+    from stisr_lightning.losses.recognition import RecognitionLoss
+    from stisr_lightning.models.recognizers.easyocr_crnn import EasyOCRCRNN
+    from stisr_lightning.models.recognizers.base import ctc_loss
+
+    torch.manual_seed(0)
+    term = RecognitionLoss(EasyOCRCRNN())
+    reader = term.recognizer
+    assert reader.frozen and not any(p.requires_grad for p in reader.parameters())
+    sr = torch.rand(2, 4, 32, 128, requires_grad=True)  # RGB + mask: the reader sees RGB only
+    batch = {"label": ["street", "42"]}
+    value = term({"sr": sr}, batch)
+    assert torch.allclose(value, ctc_loss(reader(sr[:, :3]).logits, batch["label"], reader.charset))
+    value.backward()
+    assert sr.grad[:, :3].abs().sum() > 0 and sr.grad[:, 3].abs().sum() == 0
+    image = F.avg_pool2d(torch.rand(1, 3, 32, 128), 3, 1, 1).requires_grad_(True)
+    optimizer = torch.optim.Adam([image], lr=0.02)
+    losses = []
+    for _ in range(15):
+        optimizer.zero_grad()
+        loss = term({"sr": image}, {"label": ["open"]})
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]

@@ -1,5 +1,6 @@
 """Recognition losses: LEMMA's fine-tune cross-entropy of the ABINet prior (L_ft), the teacher-forced sequence
-loss of attention recognizers (ASTER), and TextSR's Text Perceptual Loss and adversarial term built on them."""
+loss of attention recognizers (ASTER), TextSR's Text Perceptual Loss and adversarial term built on them, and a
+generic frozen-reader loss that any generator can add."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from torch import Tensor
 
 from stisr_lightning.data.charset import abinet_label_ids
 from stisr_lightning.losses.base import LossTerm
+from stisr_lightning.models.recognizers.base import TorchRecognizer
 from stisr_lightning.models.recognizers.objectives import sequence_cross_entropy, sequence_nll
 from stisr_lightning.models.recognizers.prior import TextPrior
+from stisr_lightning.weights import frozen_loss_recognizer
 
 
 class PriorFineTuneCE(LossTerm):
@@ -32,6 +35,29 @@ class PriorFineTuneCE(LossTerm):
             sequence_cross_entropy(logits, targets, self.official_double_softmax)
             for logits in (prior.vision_logits, prior.language_logits)
         )
+
+
+class RecognitionLoss(LossTerm):
+    """A frozen reader's own training objective (CTC for CRNN-type readers) on the SR image against the label: the
+    generator learns to draw text that a reader reads as the label, the idea behind the text-aware losses of TPGSR
+    and TextSR's TPL, for any generator. The judging reader should not also fill a column of the table (its column
+    would then not be an independent measure); the suite's `easyocr` fills none.
+
+    Args:
+        recognizer: a differentiable reader; frozen here.
+        recognizer_weights: its weights file; None for a reader that ships its weights (EasyOCR, PP-OCR torch).
+    """
+
+    def __init__(self, recognizer: TorchRecognizer, recognizer_weights: str | None = None) -> None:
+        super().__init__()
+        if recognizer_weights is None and recognizer.ships_weights:
+            self.recognizer = recognizer.freeze()
+        else:
+            self.recognizer = frozen_loss_recognizer(recognizer, recognizer_weights, "RecognitionLoss",
+                                                     "give the reader's weights file")
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> Tensor:
+        return self.recognizer.training_loss(outputs["sr"][:, :3], list(batch["label"]))
 
 
 class TextPerceptualLoss(LossTerm):
