@@ -24,10 +24,10 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from stisr_lightning.systems.base import STISRSystem
+from stisr_lightning.weights import report_untrained
 
 TPL_SCHEMES = ("frozen", "pretrain_joint", "joint_scratch")
 
@@ -70,8 +70,8 @@ class TextSRSystem(STISRSystem):
             if tpl_scheme != "frozen" and tpl_recognizer not in fine_tune:
                 fine_tune.append(tpl_recognizer)
             if tpl_scheme != "joint_scratch" and tpl_recognizer not in weights:
-                rank_zero_warn(f"TextSRSystem: tpl_scheme {tpl_scheme!r} expects a trained {tpl_recognizer!r} "
-                               f"(recognizer_weights.{tpl_recognizer}); the TPL now follows a random recognizer")
+                report_untrained(f"TextSRSystem: tpl_scheme {tpl_scheme!r} expects a trained {tpl_recognizer!r} "
+                                 f"(recognizer_weights.{tpl_recognizer}); the TPL now follows a random recognizer")
         super().__init__(generator, fine_tune_recognizers=fine_tune, lr_decay_gamma=lr_decay_gamma, **kwargs)
         if tpl_recognizer is not None:
             recognizer = self.recognizers[tpl_recognizer] if tpl_recognizer in self.recognizers else None
