@@ -118,6 +118,18 @@ def test_full_dry_run_stops_on_the_first_missing_file(sweep, tmp_path):
                    "--weights-dir", str(tmp_path)])
 
 
+def test_full_search_stops_on_the_first_missing_file_and_lists_its_files(official_dir, tmp_path, capsys):
+    with pytest.raises(SweepSpecError, match=rf"lemma_loss_weights.yaml: preset 'full' needs official:[\w.-]+: "
+                                             rf"{tmp_path}/[\w.-]+ not found"):
+        sweep_run(["search/lemma_loss_weights", "--preset", "full", "--dry-run", "--out", str(tmp_path / "out"),
+                   "--weights-dir", str(tmp_path)])
+    assert sweep_run(["search/lemma_loss_weights", "--preset", "full", "--dry-run", "--out", str(tmp_path / "out"),
+                      "--weights-dir", str(official_dir)]) == 0
+    listed = capsys.readouterr().out.split("official files: ")[1].splitlines()[0].split(", ")
+    assert sorted(listed) == sorted(["crnn.pth", "best-pretrain-vision-model.pth", "pretrain-language-model.pth",
+                                     "pretrain_transformer.pth", "confuse.pkl"])
+
+
 def test_full_dry_run_lists_readers_and_official_files(official_dir, tmp_path, capsys, monkeypatch):
     code = sweep_run(["comparisons/lemma_textzoom.yaml", "--preset", "full", "--dry-run", "--out", str(tmp_path),
                       "--weights-dir", str(official_dir)])

@@ -53,6 +53,7 @@ from stisr_lightning.sweeps.spec import (
     sweeps_root,
 )
 from stisr_lightning.sweeps.store import DONE, FAILED, RUNNING, CellRecord, CellStore, Worker
+from stisr_lightning.weights import STRICT_WEIGHTS_ENV, missing_official_message, official_path, official_references
 
 STORAGE_ENV = "STISR_OPTUNA_STORAGE"
 PRUNED_ATTR = "stisr:pruned_at_step"
@@ -538,11 +539,18 @@ def run_search(args, report_only: bool = False) -> int:
                           devices_per_worker=getattr(args, "devices_per_worker", 1), cwd=sweeps_root(spec.path).parent,
                           heartbeat_s=getattr(args, "heartbeat", 30.0), stale_after_s=getattr(args, "stale_after", 300.0))
     runner.validate()
+    files = list(dict.fromkeys(official_references(runner.preset.overrides)))
+    missing = next((reference for reference in files if not official_path(reference).is_file()), None)
+    if missing is not None and not report_only:
+        raise SweepSpecError(f"{spec.path}: preset {args.preset!r} needs {missing_official_message(missing)}")
+    if runner.preset.strict_weights:  # the trials' stisr-train processes inherit it
+        os.environ[STRICT_WEIGHTS_ENV] = "1"
     print(f"stisr-sweep: study {runner.study_name} in {url} ({runner.search.method}, budget {runner.search.budget} "
           f"trials, {runner.workers} worker(s)); validation {time.perf_counter() - began:.1f} s")
     if getattr(args, "dry_run", False):
         for key, dist in runner.search.params.items():
             print(f"  {key}: {dist}")
+        print("  official files: " + (", ".join(official_path(reference).name for reference in files) or "none"))
         return 0
     if not report_only:
         runner.ensure_data()
