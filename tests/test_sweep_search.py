@@ -158,7 +158,7 @@ def test_shipped_search_file_loads_and_validates(tmp_path, resolver):
     tiny = spec.searches["tiny"]
     assert tiny.budget == 3 and tiny.prune.monitor == "val/psnr" and tiny.metric == METRIC
     assert "model.init_args.loss.init_args.weights.text_focus" in tiny.params  # LEMMA's alpha1
-    assert spec.searches["full"].metric == "test/textzoom/average/easyocr-crnn/acc"
+    assert spec.searches["full"].metric == "test/textzoom/average/crnn/acc"  # the official CRNN reads the paper column
     runner = SearchRunner(spec, "tiny", tmp_path, f"sqlite:///{tmp_path}/store.db", resolver=resolver)
     runner.validate()
     assert runner.data["data.train_dirs"] == [str(tmp_path / "data" / "synthetic-32-12-s0" / "train")]
