@@ -119,3 +119,13 @@ def test_test_set_entry_errors_name_the_set_and_key(data):
         _module(data, test_sets={"sizes/a": {"path": str(data / "easy"), "scale": 4}})
     with pytest.raises(ValueError, match=r"data.test_sets.sizes/b: no 'path'"):
         _module(data, test_sets={"sizes/b": {"lr_size": [8, 32]}})
+
+
+def test_text_protocol_sets_the_label_and_comparison_filters(data):
+    module = _module(data, text_protocol="unicode")
+    module.setup("test")
+    assert module.compare_filter == "unicode"
+    assert {dataset.label_filter for dataset in module.test_datasets} == {"unicode"}
+    assert _module(data).compare_filter == "lower"
+    with pytest.raises(ValueError, match=r"data.text_protocol: unknown protocol 'ctr'"):
+        _module(data, text_protocol="ctr")

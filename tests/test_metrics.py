@@ -25,6 +25,21 @@ def test_word_accuracy_uses_the_textzoom_filter():
         metric.update(["a", "b"], ["a"])
 
 
+def test_unicode_protocol_compares_chinese_labels_that_the_textzoom_filter_erases():
+    preds = ["你好", "中文 ", "ＡＢＣ１", "再见"]
+    targets = ["再见", "中文", "abc1", "你好"]
+    textzoom, unicode = WordAccuracy(), WordAccuracy("unicode")
+    textzoom.update(preds, targets)
+    unicode.update(preds, targets)
+    assert textzoom.compute().item() == pytest.approx(3 / 4)  # every Chinese pair is '' == '': the defect
+    assert unicode.compute().item() == pytest.approx(2 / 4)  # full-width ABC1 folds to abc1; whitespace dropped
+    ned = NormalizedEditDistance("unicode")
+    ned.update(["你好吗"], ["你好"])
+    assert ned.compute().item() == pytest.approx(1 - 1 / 3)
+    with pytest.raises(ValueError, match="unknown level 'chinese'"):
+        WordAccuracy("chinese")
+
+
 def test_word_accuracy_merged_states_equal_one_pass():
     full, left, right = WordAccuracy(), WordAccuracy(), WordAccuracy()
     preds, targets = ["a", "b", "c", "d", "e"], ["a", "x", "c", "y", "E"]

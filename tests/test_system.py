@@ -4,9 +4,10 @@ import pytest
 import torch
 from lightning.pytorch import Trainer
 
-from conftest import HR_GRAY, LR_GRAY
+from conftest import HR_GRAY, LR_GRAY, uniform_pairs
 from fakes import BrightnessRecognizer
 from stisr_lightning.data.datamodule import STISRDataModule
+from stisr_lightning.data.textzoom import write_textzoom_lmdb
 from stisr_lightning.losses.mix import LossMix
 from stisr_lightning.losses.pixel import PixelMSE
 from stisr_lightning.models.generators.bicubic import Bicubic
@@ -46,6 +47,25 @@ def test_test_loop_matches_hand_computed_accuracy_and_psnr(tiny_textzoom):
     assert results["test/tiny/average/psnr"] == pytest.approx((6 * bright_psnr + 4 * dark_psnr) / 10, abs=1e-3)
     assert system.test_report.set_sizes == {"tiny/easy": 6, "tiny/medium": 4}
     assert len(system.test_report.samples["tiny/easy"].label) == 6
+
+
+class ChineseReader(BrightnessRecognizer):
+    """Reads '中文' from bright images and '文字' from dark ones."""
+
+    def read(self, images):
+        return ["中文" if text == "a" else "文字" for text in super().read(images)]
+
+
+def test_unicode_protocol_scores_chinese_labels_that_textzoom_would_erase(tmp_path):
+    """3 bright images labelled '中文' (read right), 2 bright labelled '汉字' (read wrong): 3 / 5, not 5 / 5."""
+    write_textzoom_lmdb(tmp_path / "train", uniform_pairs(["中文"] * 4, []))
+    write_textzoom_lmdb(tmp_path / "test", uniform_pairs(["中文"] * 3 + ["汉字"] * 2, []))
+    for protocol, expected in (("unicode", 3 / 5), ("textzoom", 5 / 5)):
+        system = STISRSystem(Bicubic(), recognizers={"reader": ChineseReader()})
+        module = datamodule(tmp_path, test_sets={"ctr/test": str(tmp_path / "test")}, text_protocol=protocol)
+        quiet_trainer().test(system, datamodule=module)
+        assert system.test_report.results["test/ctr/test/reader/acc"] == pytest.approx(expected)
+        assert system.test_report.text_filter == {"unicode": "unicode", "textzoom": "lower"}[protocol]
 
 
 def test_seconds_per_image_times_super_resolution_alone(tiny_textzoom, monkeypatch):

@@ -43,6 +43,16 @@ def test_round_trip_exact_pixels_and_labels(tmp_path, pairs):
     assert item["index"] == 1
 
 
+def test_unicode_label_filter_keeps_chinese_labels(tmp_path, pairs):
+    chinese = [(hr, lr, label) for (hr, lr, _), label in zip(pairs, ["中文 文字", "Café", "X9"])]
+    write_textzoom_lmdb(tmp_path / "db", chinese)
+    assert TextZoomLMDB(tmp_path / "db")[0]["label"] == ""  # TextZoom's 'all' filter
+    unicode = TextZoomLMDB(tmp_path / "db", label_filter="unicode")
+    assert [unicode[i]["label"] for i in range(3)] == ["中文文字", "café", "x9"]
+    with pytest.raises(ValueError, match="unknown level 'han'"):
+        TextZoomLMDB(tmp_path / "db", label_filter="han")
+
+
 def test_resize_is_pil_bicubic(tmp_path):
     hr, lr = _image(40, 90, 1), _image(12, 50, 2)
     write_textzoom_lmdb(tmp_path / "db", [(hr, lr, "w")])

@@ -53,9 +53,10 @@ RIGHT, WRONG, INK = (0, 128, 0), (200, 0, 0), (0, 0, 0)
 LINE_HEIGHT = 12
 
 
-def sample_sheet(rows: list[SampleRow], recognizers: list[str]) -> Image.Image:
+def sample_sheet(rows: list[SampleRow], recognizers: list[str], text_filter: str = "lower") -> Image.Image:
     """Rows of LR (nearest, at the HR size) | SR | HR, each with its test set and label, then one line per reader:
-    its reading, green when it matches the label under the TextZoom protocol (`filter_text`), red otherwise."""
+    its reading, green when it matches the label under the data's protocol (`filter_text(., text_filter)`, TextZoom's
+    by default), red otherwise."""
     images = [[Image.open(files[kind]).convert("RGB") for kind in IMAGE_KINDS] for *_, files, _ in rows]
     width, height = images[0][2].size
     row_height = height + LINE_HEIGHT * (1 + len(recognizers)) + 6
@@ -67,7 +68,7 @@ def sample_sheet(rows: list[SampleRow], recognizers: list[str]) -> Image.Image:
             sheet.paste(image.resize((width, height), Image.NEAREST), (4 + column * (width + 4), top))
         draw.text((4, top + height + 2), f"{set_name}: {label}", fill=INK)
         for line, name in enumerate(recognizers, start=1):
-            right = filter_text(readings[name]) == filter_text(label)
+            right = filter_text(readings[name], text_filter) == filter_text(label, text_filter)
             draw.text((4, top + height + 2 + line * LINE_HEIGHT), f"{name}: {readings[name]}",
                       fill=RIGHT if right else WRONG)
     return sheet
@@ -81,7 +82,7 @@ class RunSamples(Callback):
         rows = write_samples(report.samples, run_dir)
         recognizers = report.recognizers
         if rows:
-            sample_sheet(rows, recognizers).save(run_dir / "samples" / "sheet.png")
+            sample_sheet(rows, recognizers, report.text_filter).save(run_dir / "samples" / "sheet.png")
         loggers = [logger for logger in trainer.loggers if isinstance(logger, WandbLogger)]
         if not loggers:
             return

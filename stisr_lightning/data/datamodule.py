@@ -15,6 +15,7 @@ import lightning as L
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
+from stisr_lightning.data.charset import TEXT_PROTOCOLS
 from stisr_lightning.data.textzoom import TextZoomLMDB
 
 
@@ -78,12 +79,19 @@ class STISRDataModule(L.LightningDataModule):
         drop_last: bool = True,
         lr_from_hr: bool = False,
         val_test_sets: list[str] | None = None,
+        text_protocol: str = "textzoom",
     ) -> None:
         """`val_test_sets`: validate (and so pick the best checkpoint) on these test sets, concatenated, and train on
         every training pair - the official TextZoom / TBSRN / TATT / LEMMA protocol, which keeps the model that scores
         best on TextZoom's test subsets (it sums their accuracies; the concatenation weights them by size). None (the
-        default) holds `val_fraction` of the training pairs out instead, so that no test image chooses the model."""
+        default) holds `val_fraction` of the training pairs out instead, so that no test image chooses the model.
+        `text_protocol`: how labels are filtered and compared (`charset.TEXT_PROTOCOLS`): 'textzoom' (lower-case
+        [0-9a-z]) or 'unicode' (every script; Chinese text lines)."""
         super().__init__()
+        if text_protocol not in TEXT_PROTOCOLS:
+            raise ValueError(f"data.text_protocol: unknown protocol {text_protocol!r} (known: {', '.join(TEXT_PROTOCOLS)})")
+        self.text_protocol = text_protocol
+        label_filter, self.compare_filter = TEXT_PROTOCOLS[text_protocol]
         self.train_dirs = list(train_dirs)
         self.test_sets = dict(test_sets)
         for name, entry in self.test_sets.items():
@@ -104,7 +112,7 @@ class STISRDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.dataset_args = {"hr_size": tuple(hr_size), "lr_size": tuple(lr_size), "mask": mask,
                              "on_corrupt": on_corrupt, "max_label_length": max_label_length,
-                             "lr_from_hr": lr_from_hr}
+                             "lr_from_hr": lr_from_hr, "label_filter": label_filter}
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_datasets: list[Dataset] = []

@@ -167,6 +167,8 @@ class TextZoomLMDB(Dataset):
 
     `lr_from_hr` ignores the LR record and makes LR by resizing the HR image to `lr_size`: the protocol of papers
     that down-sample clean images (TextSR's "4x down-sampled from the original images", its Table 1 input sizes).
+    `label_filter` is the `filter_text` level applied to labels at load time ('all' for TextZoom, 'unicode' for data
+    in other scripts: see `charset.TEXT_PROTOCOLS`).
     """
 
     def __init__(
@@ -178,6 +180,7 @@ class TextZoomLMDB(Dataset):
         on_corrupt: str = "skip",
         max_label_length: int | None = None,
         lr_from_hr: bool = False,
+        label_filter: str = "all",
     ) -> None:
         if on_corrupt not in ON_CORRUPT:
             raise ValueError(f"on_corrupt={on_corrupt!r}, expected one of {ON_CORRUPT}")
@@ -188,6 +191,8 @@ class TextZoomLMDB(Dataset):
         self.on_corrupt = on_corrupt
         self.max_label_length = max_label_length
         self.lr_from_hr = lr_from_hr
+        self.label_filter = label_filter
+        filter_text("", label_filter)  # an unknown filter fails here, naming it, not at the first record
         self.skipped_keys: set[str] = set()
         with _process_env(self.path).begin(write=False) as txn:
             self.num_samples = read_num_samples(txn, self.path)
@@ -224,7 +229,7 @@ class TextZoomLMDB(Dataset):
         raw_label = txn.get(label_key)
         if raw_label is None:
             raise CorruptRecordError(label_key.decode(), "record missing")
-        label = filter_text(raw_label.decode("utf-8", errors="replace"), "all")
+        label = filter_text(raw_label.decode("utf-8", errors="replace"), self.label_filter)
         if self.max_label_length is not None and len(label) > self.max_label_length:
             raise CorruptRecordError(label_key.decode(), f"label longer than {self.max_label_length}")
         hr = self._decode(txn, "image_hr" if self.paired else "image", number)

@@ -40,6 +40,8 @@ class TestReport:
     results: dict[str, float]
     samples: dict[str, KeptSamples]
     recognizers: list[str]
+    text_filter: str = "lower"
+    """The `filter_text` level readings and labels were compared under."""
 
 
 def image_metrics(batch_averaged: bool) -> MetricCollection:
@@ -61,17 +63,18 @@ class TestHarness(nn.Module):
         lpips_net, fid_recognizer: optional LPIPS backbone and the recognizer whose features FID compares.
         sample_count: samples kept per test set for the sample tables.
         subset_average: '<dataset>/average' weighted by subset sizes (TextZoom) or the plain mean of the subsets.
+        text_filter: the `filter_text` level of the data's text protocol ('lower' for TextZoom, 'unicode').
     """
 
     def __init__(self, set_names: list[str], recognizers: dict[str, Recognizer], batch_averaged: bool = False,
                  lpips_net: str | None = None, fid_recognizer: str | None = None, sample_count: int = 8,
-                 subset_average: Literal["weighted", "mean"] = "weighted") -> None:
+                 subset_average: Literal["weighted", "mean"] = "weighted", text_filter: str = "lower") -> None:
         super().__init__()
         if not set_names:
             raise ValueError("the data module defines no test sets (data.test_sets is empty)")
         self.set_names = list(set_names)
         self.recognizers = dict(recognizers)  # a plain dict: not registered, so not moved or saved twice
-        self.sample_count, self.subset_average = sample_count, subset_average
+        self.sample_count, self.subset_average, self.text_filter = sample_count, subset_average, text_filter
         self.per_set = nn.ModuleDict()
         for name in self.set_names:
             metrics = {"image": image_metrics(batch_averaged), "count": SumMetric(), "sr_seconds": SumMetric()}
@@ -80,8 +83,8 @@ class TestHarness(nn.Module):
             if fid_recognizer:
                 metrics["fid_text"] = TextFeatureFID(self.recognizers[fid_recognizer])
             for recognizer in self.recognizers:
-                metrics[f"{recognizer}__acc"] = WordAccuracy()
-                metrics[f"{recognizer}__ned"] = NormalizedEditDistance()
+                metrics[f"{recognizer}__acc"] = WordAccuracy(text_filter)
+                metrics[f"{recognizer}__ned"] = NormalizedEditDistance(text_filter)
             self.per_set[_slot(name)] = nn.ModuleDict(metrics)
         self.samples: dict[str, KeptSamples] = {}
 
@@ -131,7 +134,7 @@ class TestHarness(nn.Module):
             per_set[name] = {**values, **run_metrics}
         per_set.update(self._subset_averages(per_set, sizes))
         results = {f"test/{name}/{metric}": v for name, values in per_set.items() for metric, v in values.items()}
-        return TestReport(self.set_names, sizes, results, self.samples, list(self.recognizers))
+        return TestReport(self.set_names, sizes, results, self.samples, list(self.recognizers), self.text_filter)
 
     def _subset_averages(self, per_set: dict[str, dict[str, float]], sizes: dict[str, int]) -> dict[str, dict[str, float]]:
         """The average over easy/medium/hard for every data set whose test sets are named '<dataset>/<subset>' with

@@ -1,7 +1,7 @@
 """Word accuracy and normalized edit distance under the TextZoom protocol, plus its subset-size-weighted average.
 
-Predictions and labels are compared after `filter_text(., 'lower')`: lower-cased, only [0-9a-z] kept. States are
-sums, so the result is exact under DDP.
+Predictions and labels are compared after `filter_text(., text_filter)`: by default 'lower' (TextZoom: lower-cased,
+only [0-9a-z] kept), 'unicode' for data in other scripts. States are sums, so the result is exact under DDP.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from torchmetrics import Metric
 from stisr_lightning.data.charset import filter_text
 
 
-def _filtered_pairs(preds: list[str], targets: list[str], metric: str) -> tuple[list[str], list[str]]:
+def _filtered_pairs(preds: list[str], targets: list[str], metric: str, level: str) -> tuple[list[str], list[str]]:
     if len(preds) != len(targets):
         raise ValueError(f"{metric}: got {len(preds)} predictions for {len(targets)} targets")
-    return [filter_text(p, "lower") for p in preds], [filter_text(t, "lower") for t in targets]
+    return [filter_text(p, level) for p in preds], [filter_text(t, level) for t in targets]
 
 
 def _encode(texts: list[str], pad: int) -> tuple[np.ndarray, np.ndarray]:
@@ -50,19 +50,21 @@ def levenshtein(preds: list[str], targets: list[str]) -> np.ndarray:
 
 
 class WordAccuracy(Metric):
-    """Exact-match accuracy after lower-casing and keeping [0-9a-z]; empty labels stay in the denominator."""
+    """Exact-match accuracy after `filter_text(., text_filter)`; empty labels stay in the denominator."""
 
     is_differentiable = False
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, text_filter: str = "lower", **kwargs) -> None:
         super().__init__(**kwargs)
+        filter_text("", text_filter)  # an unknown level fails here, naming it
+        self.text_filter = text_filter
         self.add_state("correct", torch.tensor(0.0), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, preds: list[str], targets: list[str]) -> None:
-        preds, targets = _filtered_pairs(preds, targets, "WordAccuracy")
+        preds, targets = _filtered_pairs(preds, targets, "WordAccuracy", self.text_filter)
         self.correct += sum(p == t for p, t in zip(preds, targets))
         self.total += len(targets)
 
@@ -78,13 +80,15 @@ class NormalizedEditDistance(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, **kwargs) -> None:
+    def __init__(self, text_filter: str = "lower", **kwargs) -> None:
         super().__init__(**kwargs)
+        filter_text("", text_filter)
+        self.text_filter = text_filter
         self.add_state("score", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("total", torch.tensor(0.0), dist_reduce_fx="sum")
 
     def update(self, preds: list[str], targets: list[str]) -> None:
-        preds, targets = _filtered_pairs(preds, targets, "NormalizedEditDistance")
+        preds, targets = _filtered_pairs(preds, targets, "NormalizedEditDistance", self.text_filter)
         if not targets:
             return
         distance = levenshtein(preds, targets)

@@ -241,9 +241,11 @@ class STISRSystem(LightningModule):
     # ----------------------------------------------------------------------------------------------- test
     def setup(self, stage: str) -> None:
         if stage == "test":
+            datamodule = self.trainer.datamodule
             self.test_harness = TestHarness(
-                list(getattr(self.trainer.datamodule, "test_set_names", [])), dict(self.recognizers),
+                list(getattr(datamodule, "test_set_names", [])), dict(self.recognizers),
                 self.psnr_batch_averaged, self.lpips_net, self.fid_recognizer, self.sample_count, self.subset_average,
+                getattr(datamodule, "compare_filter", "lower"),
             ).to(self.device)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
