@@ -81,6 +81,11 @@ class TorchRecognizer(Recognizer):
     """Attention decoders with a beam search (ASTER, CDistNet) set it and implement `encode(images)`,
     `beam_search(features, beam_width) -> ids` and `ids_to_text(ids)`; `forward` stays greedy and differentiable."""
 
+    def read_tokens(self, images: Tensor, max_length: int) -> tuple[Tensor, Tensor]:
+        """What a text-conditioned generator reads from an image: (N, max_length) class ids (0 = no character, as
+        the CTC blank) and each character's probability, its confidence (0 where there is no character)."""
+        raise NotImplementedError(f"{type(self).__name__} does not read tokens with confidences")
+
     @torch.no_grad()
     def read(self, images: Tensor) -> list[str]:
         if self.beam_width > 1:
@@ -103,6 +108,21 @@ def ctc_loss(logits: Tensor, labels: list[str], charset: str) -> Tensor:
     log_probs = logits.log_softmax(-1).permute(1, 0, 2)  # (T, N, C)
     input_lengths = torch.full((log_probs.shape[1],), log_probs.shape[0], dtype=torch.long)
     return F.ctc_loss(log_probs, targets, input_lengths, target_lengths, zero_infinity=True)
+
+
+def ctc_greedy_tokens(logits: Tensor, max_length: int, blank: int = 0) -> tuple[Tensor, Tensor]:
+    """Best-path CTC as fixed-size tensors, with no host sync: the kept classes (argmax, repeats collapsed, blanks
+    dropped) packed left into (N, max_length), padded with `blank`, and the softmax probability of the frame each
+    came from; characters past `max_length` are dropped."""
+    confidence, best = logits.float().softmax(-1).max(-1)  # (N, T)
+    repeated = torch.zeros_like(best, dtype=torch.bool)
+    repeated[:, 1:] = best[:, 1:] == best[:, :-1]
+    keep = (best != blank) & ~repeated
+    position = keep.long().cumsum(1) - 1
+    slot = torch.where(keep & (position < max_length), position, max_length)  # column max_length collects the rest
+    ids = best.new_full((best.shape[0], max_length + 1), blank).scatter_(1, slot, torch.where(keep, best, blank))
+    scores = confidence.new_zeros(ids.shape).scatter_(1, slot, torch.where(keep, confidence, 0.0))
+    return ids[:, :max_length], scores[:, :max_length]
 
 
 def ctc_greedy_decode(logits: Tensor, charset: str, blank: int = 0) -> list[str]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stisr_lightning.data.charset import DIGITS_LOWER
-from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer, ctc_greedy_decode, ctc_loss
+from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer, ctc_greedy_decode, ctc_greedy_tokens, ctc_loss
 from stisr_lightning.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -105,6 +105,9 @@ class CRNN(TorchRecognizer):
 
     def decode(self, logits: Tensor) -> list[str]:
         return ctc_greedy_decode(logits, self.charset, blank=0)
+
+    def read_tokens(self, images: Tensor, max_length: int) -> tuple[Tensor, Tensor]:
+        return ctc_greedy_tokens(self(images).logits, max_length)
 
     def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
         return ctc_loss(self(images).logits, labels, self.charset)

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer, ctc_greedy_decode, ctc_loss
+from stisr_lightning.models.recognizers.base import RecognitionOutput, TorchRecognizer, ctc_greedy_decode, ctc_greedy_tokens, ctc_loss
 from stisr_lightning.weights import load_state_dict_strict, strip_prefix
 
 EASYOCR_HEIGHT = 64
@@ -142,6 +142,9 @@ class EasyOCRCRNN(TorchRecognizer):
 
     def decode(self, logits: Tensor) -> list[str]:
         return ctc_greedy_decode(logits, self.charset)
+
+    def read_tokens(self, images: Tensor, max_length: int) -> tuple[Tensor, Tensor]:
+        return ctc_greedy_tokens(self(images).logits, max_length)
 
     def training_loss(self, images: Tensor, labels: list[str]) -> Tensor:
         return ctc_loss(self(images).logits, labels, self.charset)
