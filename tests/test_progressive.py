@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stisr_lightning.data.degradations import bsrgan_degradation
 from stisr_lightning.data.progressive import ProgressiveSampling, progressive_lr
@@ -32,15 +33,30 @@ def test_lr_batch_mixes_real_and_degraded_sources_reproducibly():
     torch.manual_seed(0)
     hr, lr, ids = torch.rand(12, 3, 32, 128), torch.rand(12, 3, 16, 64), torch.arange(100, 112)
     sampling = ProgressiveSampling(first_stage_steps=0, second_stage_steps=0)
-    out, sources = progressive_lr(hr, lr, 7, ids, 3, sampling)
+    out, sources = progressive_lr(hr, lr, 7, ids, 3, sampling, scale=2)
     assert out.shape == lr.shape and set(sources.tolist()) == {0, 1, 2}
     real, from_hr, from_lr = (sources == k for k in range(3))
     assert torch.equal(out[real], lr[real])
     step_seed = (3 << 32) | 7
     torch.testing.assert_close(out[from_hr], bsrgan_degradation(hr[from_hr], step_seed + 1, ids[from_hr], scale=2))
     torch.testing.assert_close(out[from_lr], bsrgan_degradation(lr[from_lr], step_seed + 2, ids[from_lr], scale=1))
-    again, _ = progressive_lr(hr, lr, 7, ids, 3, sampling)
+    again, _ = progressive_lr(hr, lr, 7, ids, 3, sampling, scale=2)
     assert torch.equal(out, again)
+
+
+def test_stored_resized_lr_gets_x0_hat_at_the_data_scale_resized_to_it():
+    """DiffTSR-style data keeps LR at the HR size: x0_hat must still be degraded at x4, then resized, not at x1."""
+    torch.manual_seed(0)
+    hr, lr, ids = torch.rand(4, 3, 32, 128), torch.rand(4, 3, 32, 128), torch.arange(4)
+    sampling = ProgressiveSampling(first_stage_steps=10)  # stage 1: every sample is x0_hat
+    out, sources = progressive_lr(hr, lr, 0, ids, 5, sampling, scale=4)
+    assert sources.tolist() == [1, 1, 1, 1] and out.shape == lr.shape
+    small = bsrgan_degradation(hr, (5 << 32) + 1, ids, scale=4)
+    assert small.shape[-2:] == (8, 32)
+    expected = F.interpolate(small, size=(32, 128), mode="bicubic", align_corners=False).clamp(0, 1)
+    torch.testing.assert_close(out, expected)
+    with pytest.raises(ValueError, match="scale=8"):
+        progressive_lr(hr, lr, 0, ids, 5, sampling, scale=8)
 
 
 def test_bad_settings_are_one_line_errors():
@@ -50,4 +66,4 @@ def test_bad_settings_are_one_line_errors():
         ProgressiveSampling(first_stage_steps=-1)
     with pytest.raises(ValueError, match="got 4 / 4 channels"):
         progressive_lr(torch.rand(1, 4, 32, 128), torch.rand(1, 4, 16, 64), 0, torch.arange(1), 0,
-                       ProgressiveSampling())
+                       ProgressiveSampling(), scale=2)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from stisr_lightning.data.degradations import SampleRNG, bsrgan_degradation
@@ -62,19 +63,24 @@ def _rng(seed: int, step: int, ids: Tensor) -> SampleRNG:
 
 
 def progressive_lr(
-    hr: Tensor, lr: Tensor, step: int, ids: Tensor, seed: int, sampling: ProgressiveSampling
+    hr: Tensor, lr: Tensor, step: int, ids: Tensor, seed: int, sampling: ProgressiveSampling, scale: int
 ) -> tuple[Tensor, Tensor]:
-    """The LR batch of a training step and the source of each image (`SOURCES`). x0_hat is BSRGAN at the HR/LR
-    scale; y_hat is BSRGAN at scale 1 on y. Only the samples that use a degraded source are degraded."""
+    """The LR batch of a training step and the source of each image (`SOURCES`). x0_hat is BSRGAN at the data's
+    `scale` on HR, bicubic-resized to the LR batch's size when the LR images were stored resized (DiffTSR-style data:
+    LR at the HR size); y_hat is BSRGAN at scale 1 on y. Only the samples that use a degraded source are degraded."""
     if hr.shape[1] != 3 or lr.shape[1] != 3:
         raise ValueError(f"progressive_lr: BSRGAN degrades RGB images, got {hr.shape[1]} / {lr.shape[1]} channels "
                          "(set data.mask: false)")
+    if scale not in (1, 2, 3, 4):
+        raise ValueError(f"progressive_lr: BSRGAN scales by 1, 2, 3 or 4, got scale={scale}")
     sources = sampling.sources(step, ids, seed).to(lr.device)
     out = lr.clone()
     step_seed = (int(seed) << 32) | int(step)
-    scale = hr.shape[-1] // lr.shape[-1]
     for source, image, factor in ((1, hr, scale), (2, lr, 1)):
         rows = (sources == source).nonzero().squeeze(1)
         if rows.numel():
-            out[rows] = bsrgan_degradation(image[rows], step_seed + source, ids[rows.cpu()], scale=factor).to(out)
+            degraded = bsrgan_degradation(image[rows], step_seed + source, ids[rows.cpu()], scale=factor).to(out)
+            if degraded.shape[-2:] != out.shape[-2:]:
+                degraded = F.interpolate(degraded, size=out.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
+            out[rows] = degraded
     return out, sources
