@@ -220,3 +220,31 @@ def frozen_loss_recognizer(recognizer: Any, path: str | None, owner: str, hint: 
 def load_weights(module: nn.Module, path: str | Path, lightning_prefix: str = "generator.") -> None:
     state = drop_unused_official_keys(type(module), extract_state_dict(read_checkpoint(path), lightning_prefix), str(path))
     load_state_dict_strict(module, complete_separately_released(module, state, str(path)), str(path))
+
+
+LPIPS_BACKBONES = ("alex", "vgg", "squeeze")
+
+
+def lpips_backbone_path(net: str) -> Path:
+    """Where torchvision keeps an LPIPS backbone's ImageNet weights (`<torch hub dir>/checkpoints/<file>`)."""
+    from torchvision import models
+
+    if net not in LPIPS_BACKBONES:
+        raise ValueError(f"LPIPS: unknown net {net!r}, expected one of {sorted(LPIPS_BACKBONES)}")
+    weights = {"alex": models.AlexNet_Weights, "vgg": models.VGG16_Weights, "squeeze": models.SqueezeNet1_1_Weights}
+    return Path(torch.hub.get_dir()) / "checkpoints" / weights[net].IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+
+
+def pretrained_lpips(net: str) -> nn.Module:
+    """The `lpips` package's network on its cached ImageNet backbone, frozen; never downloads (FileNotFoundError
+    naming the file instead: distances in a random backbone's features mean nothing)."""
+    path = lpips_backbone_path(net)
+    if not path.is_file():
+        raise FileNotFoundError(f"LPIPS: no ImageNet {net} weights at {path} (copy the torchvision file there); "
+                                "nothing is downloaded")
+    import lpips
+
+    with warnings.catch_warnings():  # lpips still calls torchvision with the deprecated `pretrained=`
+        warnings.simplefilter("ignore", UserWarning)
+        network = lpips.LPIPS(net=net, pretrained=True, pnet_rand=False, verbose=False)
+    return network.requires_grad_(False).eval()

@@ -8,7 +8,8 @@ from torch import nn
 from stisr_lightning.metrics.fid import TextFeatureFID
 from stisr_lightning.data.image_ops import gaussian_window
 from stisr_lightning.metrics.image import PSNR, SSIM
-from stisr_lightning.metrics.lpips import LPIPS, backbone_weights_path
+from stisr_lightning.metrics.lpips import LPIPS
+from stisr_lightning.weights import lpips_backbone_path
 from stisr_lightning.metrics.recognition import NormalizedEditDistance, WordAccuracy, levenshtein, weighted_average
 from stisr_lightning.models.recognizers.base import RecognitionOutput
 
@@ -161,7 +162,7 @@ def test_lpips_uses_cached_backbone_when_present(tmp_path, monkeypatch):
     from torchvision.models import squeezenet1_1
 
     monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
-    path = backbone_weights_path("squeeze")
+    path = lpips_backbone_path("squeeze")
     path.parent.mkdir(parents=True)
     torch.manual_seed(0)
     torch.save(squeezenet1_1().state_dict(), path)

@@ -1,7 +1,8 @@
-"""SRGAN's content loss (Ledig et al. 2017): MSE between VGG19 feature maps of SR and HR, which TextSR inherits.
+"""Feature-space losses: SRGAN's content loss (Ledig et al. 2017; MSE between VGG19 feature maps of SR and HR, which
+TextSR inherits) and LPIPS (Zhang et al. 2018; ResShift's and TextResShift's perceptual term).
 
 The ImageNet weights come from a file (by default where torchvision caches them) and are never downloaded: without
-them the loss refuses to start, since distances in a random network's features would train towards nothing.
+them a loss refuses to start, since distances in a random network's features would train towards nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from torch import Tensor
 from torchvision import models
 
 from stisr_lightning.losses.base import LossTerm
+from stisr_lightning.weights import pretrained_lpips
 
 VGG_LAYERS = {"2_2": 9, "5_4": 36}
 """SRGAN's VGG22 and VGG54: the features after the ReLU of conv2_2 / conv5_4 (before the next max-pooling)."""
@@ -62,3 +64,23 @@ class VGGPerceptualLoss(LossTerm):
         with torch.no_grad():
             target = self.embed(batch["hr"])
         return F.mse_loss(self.embed(outputs["sr"]), target)
+
+
+class LPIPSLoss(LossTerm):
+    """Mean LPIPS distance between SR and HR (RGB in [0, 1]), differentiable in SR; the network is frozen.
+
+    Args:
+        net: the `lpips` package's backbone ("vgg": ResShift's LPIPS-VGG).
+    """
+
+    def __init__(self, net: Literal["alex", "vgg", "squeeze"] = "vgg") -> None:
+        super().__init__()
+        self.net = pretrained_lpips(net)
+
+    def train(self, mode: bool = True) -> LPIPSLoss:
+        super().train(mode)
+        self.net.eval()
+        return self
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> Tensor:
+        return self.net(outputs["sr"][:, :3], batch["hr"][:, :3], normalize=True).mean()

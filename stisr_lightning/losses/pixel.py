@@ -16,6 +16,13 @@ class PixelMSE(LossTerm):
         return F.mse_loss(outputs["sr"], batch["hr"])
 
 
+class PixelL1(LossTerm):
+    """Mean absolute error on the RGB channels (the diffusion papers' image term, e.g. TextResShift's L_L1)."""
+
+    def forward(self, outputs: dict[str, Any], batch: dict[str, Any]) -> Tensor:
+        return F.l1_loss(outputs["sr"][:, :3], batch["hr"][:, :3])
+
+
 def gradient_field(images: Tensor) -> Tensor:
     """Gradient magnitude from central differences against zero-padded neighbours, as TSRN's gradient prior."""
     padded = F.pad(images, (1, 1, 1, 1))

@@ -6,26 +6,13 @@ The backbone weights come from the torch hub cache and are never downloaded here
 
 from __future__ import annotations
 
-import warnings
-from pathlib import Path
 from typing import Literal
 
-import lpips
 import torch
 from torch import Tensor
 from torchmetrics import Metric
-from torchvision import models
 
-BACKBONE_WEIGHTS = {
-    "alex": models.AlexNet_Weights.IMAGENET1K_V1,
-    "vgg": models.VGG16_Weights.IMAGENET1K_V1,
-    "squeeze": models.SqueezeNet1_1_Weights.IMAGENET1K_V1,
-}
-
-
-def backbone_weights_path(net: str) -> Path:
-    """Where torchvision looks for the backbone (`<torch hub dir>/checkpoints/<file name of the weights URL>`)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / BACKBONE_WEIGHTS[net].url.rsplit("/", 1)[-1]
+from stisr_lightning.weights import lpips_backbone_path, pretrained_lpips
 
 
 class LPIPS(Metric):
@@ -40,16 +27,9 @@ class LPIPS(Metric):
 
     def __init__(self, net: Literal["alex", "vgg", "squeeze"] = "vgg", **kwargs) -> None:
         super().__init__(**kwargs)
-        if net not in BACKBONE_WEIGHTS:
-            raise ValueError(f"LPIPS: unknown net {net!r}, expected one of {sorted(BACKBONE_WEIGHTS)}")
-        self.weights_path = backbone_weights_path(net)
+        self.weights_path = lpips_backbone_path(net)
         self.available = self.weights_path.is_file()
-        self.net = None
-        if self.available:
-            with warnings.catch_warnings():  # lpips still calls torchvision with the deprecated `pretrained=`
-                warnings.simplefilter("ignore", UserWarning)
-                self.net = lpips.LPIPS(net=net, pretrained=True, pnet_rand=False, verbose=False)
-            self.net.requires_grad_(False).eval()
+        self.net = pretrained_lpips(net) if self.available else None
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
