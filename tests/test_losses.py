@@ -2,7 +2,9 @@ import pytest
 import torch
 
 from stisr_lightning.losses.mix import LossMix
-from stisr_lightning.losses.pixel import GradientPriorLoss, PixelMSE, gradient_field
+from stisr_lightning.losses.perceptual import LPIPSLoss
+from stisr_lightning.losses.pixel import GradientPriorLoss, PixelL1, PixelMSE, gradient_field
+from stisr_lightning.weights import lpips_backbone_path
 
 
 def test_gradient_field_matches_hand_computation():
@@ -70,3 +72,29 @@ def test_recognition_loss_is_the_frozen_readers_ctc_and_teaches_the_image():
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_pixel_l1_reads_rgb_only():
+    sr, hr = torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)
+    sr[:, 0, 0, 0], sr[:, 3] = 0.6, 1.0  # the mask channel differs everywhere and is ignored
+    assert PixelL1()({"sr": sr}, {"hr": hr}).item() == pytest.approx(0.6 / 12)
+
+
+def test_lpips_loss_refuses_a_missing_backbone_and_trains_sr_with_a_cached_one(tmp_path, monkeypatch):
+    from torchvision.models import squeezenet1_1
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no ImageNet squeeze weights at .*squeezenet1_1"):
+        LPIPSLoss(net="squeeze")
+    path = lpips_backbone_path("squeeze")
+    path.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(squeezenet1_1().state_dict(), path)  # a stand-in file: exercises the path offline
+    loss = LPIPSLoss(net="squeeze").train()
+    assert not loss.net.training and not any(p.requires_grad for p in loss.net.parameters())
+    hr = torch.rand(2, 3, 32, 128)
+    sr = torch.rand(2, 3, 32, 128, requires_grad=True)
+    value = loss({"sr": sr}, {"hr": hr})
+    value.backward()
+    assert value.item() > 0 and sr.grad.abs().sum() > 0
+    assert loss({"sr": hr}, {"hr": hr}).item() == pytest.approx(0.0, abs=1e-6)
