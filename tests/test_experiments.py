@@ -42,3 +42,25 @@ def test_recognition_loss_addon_composes_onto_tsrn(tmp_path):
     assert list(loss.terms) == ["mse", "gradient_prior", "recognition"] and loss.scale == 100.0
     assert isinstance(loss.terms["recognition"], RecognitionLoss) and loss.terms["recognition"].recognizer.frozen
     assert set(cli.model.recognizers).isdisjoint({"easyocr"})  # the judge fills no column
+
+
+def test_lpips_addon_composes_onto_text_resshift_with_a_cached_backbone(tmp_path, monkeypatch):
+    """The paper's L1 + LPIPS + 0.02 CE; a stand-in SqueezeNet file in a temporary hub dir keeps the test offline
+    and small (the addon's VGG16 is the same code path)."""
+    import torch
+    from torchvision.models import squeezenet1_1
+
+    from stisr_lightning.losses.perceptual import LPIPSLoss
+    from stisr_lightning.weights import lpips_backbone_path
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    path = lpips_backbone_path("squeeze")
+    path.parent.mkdir(parents=True)
+    torch.save(squeezenet1_1().state_dict(), path)
+    cli = STISRCLI(args=["--config", str(REPO / "experiments" / "text_resshift.yaml"),
+                         "--config", str(REPO / "experiments" / "addons" / "text_resshift_lpips.yaml"),
+                         "--model.init_args.loss.init_args.terms.lpips.init_args.net=squeeze",
+                         f"--trainer.default_root_dir={tmp_path}", "--trainer.logger=false"], run=False)
+    loss = cli.model.loss
+    assert list(loss.terms) == ["l1", "lpips", "ce"] and loss.weights == {"l1": 1.0, "lpips": 1.0, "ce": 0.02}
+    assert isinstance(loss.terms["lpips"], LPIPSLoss)

@@ -1,0 +1,156 @@
+"""TextResShift (Pan et al., "Boosting Diffusion-Based Text Image Super-Resolution Model Towards Generalized
+Real-World Scenarios", ICCVW 2025; papers/text_resshift_progressive_diffusion.txt): ResShift's residual-shifting
+diffusion in an autoencoder's latent space, whose Swin-UNet also cross-attends to the text an OCR reads from the LR
+image, each character's feature scaled by the OCR's confidence in it (Eq. 3-4).
+
+What the paper leaves open, and what is taken here:
+- Schedule: ResShift's journal / x2 configuration (T = 4, kappa 2, min noise 0.2, sqrt(eta_T) 0.99, p 0.3), the
+  configuration of the denoiser it reuses; the paper gives no T. `num_inference_steps` may sub-sample it.
+- Text: the OCR reads the LR image once and that reading conditions every step (DiffTSR's default inference,
+  `general=True`, which skips its text diffusion). The paper's Algorithm 2 also updates the tokens each step with
+  DiffTSR's frozen text-diffusion model (TDM), which is not built here.
+- LR conditioning: ResShift concatenates the LR image to the latent (`lq`); an LR smaller than the latent (pixel
+  space, or a factor below the autoencoder's) is bicubic-resized to the denoiser's `lq` size first.
+- Images are [0, 1] at the interface (the suite's convention) and [-1, 1] inside (ResShift's).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stisr_lightning.diffusion.resshift import ResShiftScheduler, sample
+from stisr_lightning.models.autoencoders.vq_f4 import IdentityAutoencoder
+from stisr_lightning.models.blocks.text_condition import MoMTextTransformer
+from stisr_lightning.models.generators.resshift_unet import UNetModelSwin
+from stisr_lightning.models.recognizers.base import TorchRecognizer
+
+
+class TextResShift(nn.Module):
+    """Args:
+    denoiser: ResShift's `UNetModelSwin` predicting z0; with `context_dim` set it cross-attends to the text
+        (Table 2's "w/o cross-attention" row: `context_dim: null` and no `text_encoder`).
+    autoencoder: frozen; VQ-f4 (`VQModelTorch`, the paper) or `IdentityAutoencoder` (pixel space; the CPU default).
+    reader: the frozen OCR whose tokens and confidences condition the denoiser (TransOCR in the paper).
+    text_encoder: DiffTSR's MoM text transformer, turning tokens into the cross-attention context; its vocabulary
+        covers the reader's classes (token = charset index + 1).
+    text_encoder_trainable: train the text encoder with the denoiser. The paper loads DiffTSR's MoM and freezes it
+        (default); without those weights (any English setting) a frozen random encoder would say nothing, so
+        English presets train it.
+    confidence: scale each token's feature by its confidence (False = Table 2's "w/o confidence score").
+    scale_factor: HR / LR size ratio of the data.
+    max_text_length: tokens read per image (DiffTSR / TransOCR: 24).
+    num_train_timesteps, kappa, min_noise_level, etas_end, power: the ResShift schedule (see ResShiftScheduler).
+    num_inference_steps: sampling steps (None = every training step).
+    """
+
+    def __init__(
+        self,
+        denoiser: UNetModelSwin,
+        autoencoder: nn.Module | None = None,
+        reader: TorchRecognizer | None = None,
+        text_encoder: MoMTextTransformer | None = None,
+        text_encoder_trainable: bool = False,
+        confidence: bool = True,
+        scale_factor: int = 2,
+        max_text_length: int = 24,
+        num_train_timesteps: int = 4,
+        kappa: float = 2.0,
+        min_noise_level: float = 0.2,
+        etas_end: float = 0.99,
+        power: float = 0.3,
+        num_inference_steps: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.cross_attention = denoiser.context_dim is not None
+        if self.cross_attention and (reader is None or text_encoder is None):
+            raise ValueError("TextResShift: the denoiser cross-attends to text (context_dim set) but reader or "
+                             "text_encoder is missing; give both, or set denoiser context_dim: null")
+        if not self.cross_attention and (reader is not None or text_encoder is not None):
+            raise ValueError("TextResShift: reader / text_encoder given but the denoiser has no cross-attention "
+                             "(context_dim: null); drop them for the 'w/o cross-attention' row")
+        if self.cross_attention:
+            if text_encoder.dim != denoiser.context_dim:
+                raise ValueError(f"TextResShift: text_encoder dim {text_encoder.dim} != denoiser context_dim "
+                                 f"{denoiser.context_dim}")
+            if text_encoder.vocab_size < len(reader.charset) + 1:
+                raise ValueError(f"TextResShift: text_encoder vocab_size {text_encoder.vocab_size} < the reader's "
+                                 f"{len(reader.charset) + 1} classes ({type(reader).__name__})")
+            if text_encoder.max_seq_len < max_text_length:
+                raise ValueError(f"TextResShift: text_encoder max_seq_len {text_encoder.max_seq_len} < "
+                                 f"max_text_length {max_text_length}")
+        self.denoiser = denoiser
+        self.autoencoder = (autoencoder or IdentityAutoencoder()).requires_grad_(False).eval()
+        self.reader = reader.freeze() if reader is not None else None
+        self.text_encoder = text_encoder
+        self.text_encoder_trainable = text_encoder_trainable
+        if text_encoder is not None and not text_encoder_trainable:
+            text_encoder.requires_grad_(False).eval()
+        self.confidence = confidence
+        self.scale_factor = scale_factor
+        self.max_text_length = max_text_length
+        self.scheduler = ResShiftScheduler(num_train_timesteps, kappa, min_noise_level, etas_end, power)
+        self.num_inference_steps = num_inference_steps or num_train_timesteps
+        self.scheduler.set_timesteps(self.num_inference_steps)  # validates the step count
+
+    def train(self, mode: bool = True) -> TextResShift:
+        """The frozen parts (autoencoder, reader, a frozen text encoder) stay in eval mode."""
+        super().train(mode)
+        frozen = [self.autoencoder, self.reader] + ([] if self.text_encoder_trainable else [self.text_encoder])
+        for module in frozen:
+            if module is not None:
+                module.eval()
+        return self
+
+    # ------------------------------------------------------------------------------------------ conditions
+    def text_context(self, lr: Tensor) -> Tensor | None:
+        """The cross-attention context of an LR batch: the reader's tokens (times their confidences) encoded."""
+        if not self.cross_attention:
+            return None
+        with torch.no_grad():
+            tokens, confidences = self.reader.read_tokens(lr[:, :3], self.max_text_length)
+        return self.text_encoder(tokens, confidences if self.confidence else None)
+
+    def encode(self, images: Tensor) -> Tensor:
+        """[0, 1] images -> latents (frozen encoder, no gradient)."""
+        with torch.no_grad():
+            return self.autoencoder.encode(images[:, :3] * 2 - 1)
+
+    def decode(self, latents: Tensor) -> Tensor:
+        """Latents -> [0, 1] images; differentiable (the paper's losses are on the decoded image)."""
+        return (self.autoencoder.decode(latents) + 1) / 2
+
+    def conditions(self, lr: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(z_y, lq, context): the LR image upsampled to the HR size and encoded (the chain's end point), the LR
+        image at the denoiser's `lq` size in [-1, 1], and the text context."""
+        rgb = lr[:, :3]
+        upsampled = F.interpolate(rgb, scale_factor=self.scale_factor, mode="bicubic", align_corners=False)
+        z_y = self.encode(upsampled)
+        lq_size = tuple(side * self.denoiser.lq_scale for side in z_y.shape[-2:])
+        lq = rgb if tuple(rgb.shape[-2:]) == lq_size else F.interpolate(rgb, size=lq_size, mode="bicubic",
+                                                                          align_corners=False)
+        return z_y, lq * 2 - 1, self.text_context(lr)
+
+    # ------------------------------------------------------------------------------------------ training
+    def training_prediction(self, lr: Tensor, hr: Tensor, timesteps: Tensor, noise: Tensor | None = None) -> dict:
+        """One training step's forward (Algorithm 1): z_t from q(z_t | z0, z_y), the denoiser's z0 estimate and its
+        decoded image. Returns {"z0", "z0_pred", "sr"} ("sr" in [0, 1], differentiable)."""
+        z_y, lq, context = self.conditions(lr)
+        z0 = self.encode(hr)
+        noise = torch.randn_like(z0) if noise is None else noise
+        z_t = self.scheduler.add_noise(z0, z_y, noise, timesteps)
+        z0_pred = self.denoiser(self.scheduler.scale_input(z_t, timesteps), timesteps, lq=lq, context=context)
+        return {"z0": z0, "z0_pred": z0_pred, "sr": self.decode(z0_pred)}
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def forward(self, lr: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Algorithm 2: the reverse chain from z_y + kappa sqrt(eta_T) noise, decoded; [0, 1] RGB."""
+        z_y, lq, context = self.conditions(lr)
+        if self.scheduler.timesteps.device != z_y.device:
+            self.scheduler.set_timesteps(self.num_inference_steps, z_y.device)
+
+        def predict(z_t: Tensor, t: Tensor) -> Tensor:
+            return self.denoiser(z_t, t.expand(z_t.shape[0]), lq=lq, context=context)
+
+        return self.decode(sample(predict, z_y, self.scheduler, generator=generator)).clamp(0, 1)
