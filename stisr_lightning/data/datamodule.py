@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, DistributedSampler, Sampler, Subset
 
 from stisr_lightning.data.charset import TEXT_PROTOCOLS
-from stisr_lightning.data.textzoom import TextZoomLMDB
+from stisr_lightning.data.paired_folder import open_text_dataset
 
 
 class UnpaddedDistributedSampler(Sampler[int]):
@@ -41,7 +41,7 @@ TEST_SET_OPTIONS = ("hr_size", "lr_size", "lr_from_hr")
 
 
 def test_set_path(entry: str | Mapping[str, Any]) -> str:
-    """The LMDB path of a `test_sets` entry: a path, or a mapping with `path` and per-set options."""
+    """The LMDB (or paired folder) path of a `test_sets` entry: a path, or a mapping with `path` and per-set options."""
     return entry if isinstance(entry, str) else entry["path"]
 
 
@@ -131,7 +131,7 @@ class STISRDataModule(L.LightningDataModule):
         if stage in (None, "fit", "validate") and self.train_set is None:
             if not self.train_dirs:
                 raise ValueError("STISRDataModule: train_dirs is empty")
-            full = ConcatDataset([TextZoomLMDB(path, **self.dataset_args) for path in self.train_dirs])
+            full = ConcatDataset([open_text_dataset(path, **self.dataset_args) for path in self.train_dirs])
             if self.val_test_sets:
                 self.train_set = full
                 self.val_set = ConcatDataset([self._test_dataset(self.test_sets[name]) for name in self.val_test_sets])
@@ -141,10 +141,10 @@ class STISRDataModule(L.LightningDataModule):
         if stage in (None, "test") and not self.test_datasets:
             self.test_datasets = [self._test_dataset(entry) for entry in self.test_sets.values()]
 
-    def _test_dataset(self, entry: str | Mapping[str, Any]) -> TextZoomLMDB:
+    def _test_dataset(self, entry: str | Mapping[str, Any]) -> Dataset:
         options = {} if isinstance(entry, str) else {key: entry[key] for key in TEST_SET_OPTIONS if key in entry}
         sizes = {key: tuple(options[key]) for key in ("hr_size", "lr_size") if key in options}
-        return TextZoomLMDB(test_set_path(entry), **{**self.dataset_args, **options, **sizes})
+        return open_text_dataset(test_set_path(entry), **{**self.dataset_args, **options, **sizes})
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler: Sampler, drop_last: bool = False) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
