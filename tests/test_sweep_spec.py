@@ -247,6 +247,26 @@ def test_reference_csv_and_inline_numbers(sweep_dir):
         load_spec(write(sweep_dir, inline))
 
 
+def test_a_paper_table_split_in_two_reads_its_numbers_through_reference_table(sweep_dir):
+    """TextResShift's Table 1 holds x2 and x4 models; the sweep splits it into T1-x2 and T1-x4, both reading T1."""
+    import copy
+
+    (sweep_dir / "references").mkdir()
+    (sweep_dir / "references" / "none.csv").write_text(
+        "table,row,column,value,source\nT1,a,x2/PSNR,24.0,p\nT1,a,x4/PSNR,20.5,p\n")
+    split = minimal()
+    first = split["tables"][0]
+    first["columns"] = [{"group": "x2", "name": "PSNR", "metric": "test/synthetic/average/psnr"}]
+    second = copy.deepcopy(first)
+    second["columns"] = [{"group": "x4", "name": "PSNR", "metric": "test/synthetic/average/psnr"}]
+    first.update(id="T1-x2", reference_table="T1")
+    second.update(id="T1-x4", reference_table="T1")
+    split["tables"] = [first, second]
+    spec = load_spec(write(sweep_dir, split))
+    assert spec.tables[0].reference[("a", "x2/PSNR")].value == 24.0 and ("a", "x4/PSNR") not in spec.tables[0].reference
+    assert spec.tables[1].reference[("a", "x4/PSNR")].value == 20.5
+
+
 def test_dry_run_and_slurm_script(sweep_dir, tmp_path, capsys):
     from stisr_lightning.sweeps.main import run
 

@@ -18,7 +18,8 @@ SUBCOMMANDS = ("fit", "test")
 PACKAGE_REPO = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = {"name", "paper", "description", "seeds", "vars", "presets", "tables", "reference"}
-TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "notes", "presets"}
+TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "reference_table", "notes",
+              "presets"}
 ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand", "evaluate", "init_from"}
 EVALUATE_KEYS = {"of", "refine_with"}
 COLUMN_KEYS = {"name", "metric", "scale", "group", "decimals", "reference_column"}
@@ -82,6 +83,7 @@ class Table:
     notes: str = ""
     reference: dict[tuple[str, str], Reference] = field(default_factory=dict)  # (row, column.reference_key)
     presets: list[str] | None = None  # only these presets run the table (e.g. real STR benchmarks: full only)
+    reference_table: str | None = None  # the reference CSV's table id, when a paper table is split (T1 x2 / x4)
 
     def runs_in(self, preset: str) -> bool:
         return self.presets is None or preset in self.presets
@@ -340,21 +342,27 @@ def read_reference_csv(path: Path, tables: list[Table]) -> None:
     Numbers already given inline in the sweep file win."""
     if not path.is_file():
         return
-    by_id = {_normalized(table.id): table for table in tables}
+    by_id: dict[str, list[Table]] = {}
+    for table in tables:
+        by_id.setdefault(_normalized(table.reference_table or table.id), []).append(table)
     with open(path, newline="") as handle:
         for record in csv.DictReader(handle):
-            table = by_id.get(_normalized(record.get("table", "")))
-            if table is None or record.get("value") in (None, ""):
+            if record.get("value") in (None, ""):
                 continue
-            rows = {_normalized(row.name): row.name for row in table.rows}
-            columns = {_normalized(column.reference_key): column.reference_key for column in table.columns}
-            row, column = rows.get(_normalized(record["row"])), columns.get(_normalized(record["column"]))
-            if row and column:
-                try:
-                    value = float(str(record["value"]).rstrip("%"))
-                except ValueError:
-                    raise SweepSpecError(f"{path}: table {table.id}: value {record['value']!r} is not a number") from None
-                table.reference.setdefault((row, column), Reference(value, record.get("source") or path.name))
+            for table in by_id.get(_normalized(record.get("table", "")), []):
+                _add_reference(path, table, record)
+
+
+def _add_reference(path: Path, table: Table, record: dict[str, str]) -> None:
+    rows = {_normalized(row.name): row.name for row in table.rows}
+    columns = {_normalized(column.reference_key): column.reference_key for column in table.columns}
+    row, column = rows.get(_normalized(record["row"])), columns.get(_normalized(record["column"]))
+    if row and column:
+        try:
+            value = float(str(record["value"]).rstrip("%"))
+        except ValueError:
+            raise SweepSpecError(f"{path}: table {table.id}: value {record['value']!r} is not a number") from None
+        table.reference.setdefault((row, column), Reference(value, record.get("source") or path.name))
 
 
 def _base_overrides(where: str, data: Any, experiments: Path | None) -> dict[Path, dict[str, Any]]:
@@ -456,6 +464,7 @@ def load_spec(spec: str | Path) -> SweepSpec:
             columns=_columns(here, entry["columns"]),
             notes=str(entry.get("notes", "")),
             presets=_table_presets(here, entry.get("presets"), presets),
+            reference_table=str(entry["reference_table"]) if "reference_table" in entry else None,
         )
         for column in table.columns:
             for preset in (p for p in presets.values() if table.runs_in(p.name)):

@@ -51,7 +51,13 @@ class TextResShiftSystem(STISRSystem):
         hr, lr = batch["hr"][:, :3], batch["lr"][:, :3]
         sources = torch.zeros(len(lr), dtype=torch.long, device=lr.device)
         if self.progressive.enabled:
-            lr, sources = progressive_lr(hr, lr, self.global_step, batch["index"], self.sampling_seed,
-                                         self.progressive, scale=generator.scale_factor)
+            with self.full_precision():  # the degradations are data preparation: fp32 under bf16-mixed training
+                lr, sources = progressive_lr(hr, lr, self.global_step, batch["index"], self.sampling_seed,
+                                             self.progressive, scale=generator.scale_factor)
         timesteps = torch.randint(0, generator.scheduler.num_train_timesteps, (len(lr),), device=lr.device)
         return {**generator.training_prediction(lr, hr, timesteps), "sources": sources}
+
+    def run_metrics(self) -> dict[str, float]:
+        """Table 3's "#parameters": every network the generator runs (denoiser, autoencoder, text encoder, OCR),
+        in millions; the paper does not say which parts its 155M counts."""
+        return {"parameters_m": sum(p.numel() for p in self.generator.parameters()) / 1e6}
