@@ -251,7 +251,15 @@ def test_bench_sample_labels_random_init(capsys):
 
     main(["sample", "--steps", "1", "2", "--batch-size", "1", "--device", "cpu"])
     out = capsys.readouterr().out
-    assert "TextDiff-1 sampling, random init (batch 1" in out and "TextDiff-2 sampling" in out and "s/image" in out
+    assert "TextDiff-1 sampling, random init (" in out and "TextDiff-2 sampling" in out and "s/image" in out
+    assert "batch 1, 3x16x64 -> 3x32x128" in out
+
+
+def test_bench_sample_refuses_a_generator_without_sampling_steps():
+    from stisr_lightning.cli.bench import main
+
+    with pytest.raises(SystemExit, match="srcnn's generator \\(SRCNN\\) has no sampling steps"):
+        main(["sample", "--experiment", "srcnn", "--steps", "1", "--batch-size", "1", "--device", "cpu"])
 
 
 def test_refine_with_takes_a_checkpoint_or_a_run_directory(tmp_path):

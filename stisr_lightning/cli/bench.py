@@ -5,7 +5,7 @@
     stisr-bench recognize --recognizers ppocr easyocr tesseract cdistnet cdistnet-beam10
     stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --precision bf16-mixed --channels-last]
         [--compile generator.forward_with_prior loss.terms.text_focus.recognizer.encoder --compile-mode reduce-overhead]
-    stisr-bench sample --steps 5 200 --batch-size 16 [--device cuda] [--compile-mode reduce-overhead]
+    stisr-bench sample [--experiment textdiff] --steps 5 200 --batch-size 16 [--device cuda] [--compile-mode reduce-overhead]
 
 Numbers are measured after a warm-up and averaged over the measured part only.
 """
@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 import yaml
 
-from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
+from stisr_lightning.cli.parsing import ArgumentParser, image_size, one_line_errors
 from stisr_lightning.hardware import auto_precision, describe_cpu
 from stisr_lightning.models.recognizers.catalog import READERS, build_reader
 
@@ -161,9 +161,7 @@ def bench_train(
         precision = auto_precision(device)[0]
     rows = []
     for name in experiments:
-        config = Path(name) if name.endswith(".yaml") else EXPERIMENTS / f"{name}.yaml"
-        if not config.is_file():
-            raise SystemExit(f"stisr-bench: no experiment {config}")
+        config = _experiment_config(name)
         channels = _experiment_channels(config)
         clip = (yaml.safe_load(config.read_text()).get("trainer") or {}).get("gradient_clip_val")
         row = {"experiment": name, "batch": batch_size}
@@ -217,32 +215,51 @@ def _step_shares(system, batch: dict, autocast: torch.autocast, device: str, ste
     return ", ".join(shares) or "-"
 
 
-def bench_sample(steps: list[int], batch_size: int, device: str, repeats: int, compile_mode: str | None) -> list[dict]:
-    """TextDiff inference (TEM + MRD sampling) at the paper's size, randomly initialized: the cost does not depend on
-    the weights, and no trained TextDiff ships with the suite. With `compile_mode`, the MRD U-Net (called once per
-    sampling step) is compiled."""
-    from stisr_lightning.models.generators.textdiff import TextDiff
+def _experiment_config(name: str) -> Path:
+    config = Path(name) if name.endswith(".yaml") else EXPERIMENTS / f"{name}.yaml"
+    if not config.is_file():
+        raise SystemExit(f"stisr-bench: no experiment {config}")
+    return config
 
-    model = TextDiff().to(device).eval()
+
+def bench_sample(experiment: str, steps: list[int], batch_size: int, device: str, repeats: int,
+                 compile_mode: str | None, lr_size: tuple[int, int] | None = None) -> list[dict]:
+    """A diffusion generator's inference (the system's `super_resolve`) per number of sampling steps, as the
+    experiment configures it but randomly initialized: the cost does not depend on the weights. The generator must
+    have `num_inference_steps` and a `denoiser` (TextDiff's MRD, TextResShift's Swin-UNet), which `compile_mode`
+    compiles. `lr_size` defaults to the LR of a 32x128 HR at the generator's scale."""
+    from stisr_lightning.systems.loading import build_system
+
+    config = _experiment_config(experiment)
+    system = build_system(config, {"recognizers": {}}).to(device).eval()
+    generator = system.generator
+    if not hasattr(generator, "num_inference_steps") or not hasattr(generator, "denoiser"):
+        raise SystemExit(f"stisr-bench sample: {experiment}'s generator ({type(generator).__name__}) has no sampling "
+                         "steps (num_inference_steps) or denoiser")
     if compile_mode:
-        model.denoiser.compile(mode=compile_mode)
-    lr = torch.rand(batch_size, 3, 16, 64, device=device)
-    generator = torch.Generator(device).manual_seed(0)
+        generator.denoiser.compile(mode=compile_mode)
+    scale = generator.scale_factor
+    height, width = lr_size or (32 // scale, 128 // scale)
+    lr = torch.rand(batch_size, _experiment_channels(config), height, width, device=device)
+    parameters = sum(p.numel() for p in generator.parameters()) / 1e6
     rows = []
     with torch.inference_mode():
+        generator.num_inference_steps = 1
         for _ in range(COMPILED_WARMUP_STEPS if compile_mode else 1):  # warm-up
-            model.refine(*model.coarse(lr), num_inference_steps=1, generator=generator)
+            system.super_resolve(lr)
         for count in steps:
+            generator.num_inference_steps = count
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             start = time.perf_counter()
             for _ in range(repeats):
-                model.refine(*model.coarse(lr), num_inference_steps=count, generator=generator)
+                system.super_resolve(lr)
             if device.startswith("cuda"):
                 torch.cuda.synchronize()
             seconds = (time.perf_counter() - start) / repeats
-            compiled = f", MRD compiled ({compile_mode})" if compile_mode else ""
-            what = f"TextDiff-{count} sampling, random init (batch {batch_size}{compiled}, 3x16x64 -> 3x32x128)"
+            compiled = f", denoiser compiled ({compile_mode})" if compile_mode else ""
+            what = (f"{type(generator).__name__}-{count} sampling, random init ({parameters:.1f}M parameters, batch "
+                    f"{batch_size}{compiled}, 3x{height}x{width} -> 3x{height * scale}x{width * scale})")
             rows.append({"what": what, "workers": 1, "rate": batch_size / seconds, "unit": "images/s",
                          "s/image": f"{seconds / batch_size:.4g}"})
     return rows
@@ -276,13 +293,16 @@ def main(argv: list[str] | None = None) -> None:
                        help="system submodules or methods to torch.compile (generator, generator.forward_with_prior, "
                             "loss.terms.text_focus.recognizer.encoder, ...)")
     train.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
-    sampling = commands.add_parser("sample", help="TextDiff inference speed per number of sampling steps")
+    sampling = commands.add_parser("sample", help="a diffusion generator's inference speed per number of sampling steps")
+    sampling.add_argument("--experiment", default="textdiff", help="experiment name or config path (textdiff, "
+                          "text_resshift, ...)")
     sampling.add_argument("--steps", type=int, nargs="+", default=[5, 200])
     sampling.add_argument("--batch-size", type=int, default=16)
     sampling.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     sampling.add_argument("--repeats", type=int, default=1,
                           help="timed calls per step count (after a warm-up: 1 call, 5 when compiled)")
-    sampling.add_argument("--compile-mode", default=None, choices=COMPILE_MODES, help="torch.compile the MRD U-Net")
+    sampling.add_argument("--compile-mode", default=None, choices=COMPILE_MODES, help="torch.compile the denoiser")
+    sampling.add_argument("--lr-size", type=image_size, default=None, help="LR HxW (default: a 32x128 HR's LR)")
     args = parser.parse_args(argv)
 
     if args.command == "read":
@@ -292,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "recognize":
         rows = bench_recognize(args.recognizers, args.batch_size)
     elif args.command == "sample":
-        rows = bench_sample(args.steps, args.batch_size, args.device, args.repeats, args.compile_mode)
+        rows = bench_sample(args.experiment, args.steps, args.batch_size, args.device, args.repeats, args.compile_mode,
+                            args.lr_size)
     else:
         rows = bench_train(args.experiments, args.batch_size, args.device, args.precision, args.channels_last,
                            args.compile, args.compile_mode)

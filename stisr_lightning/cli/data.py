@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from stisr_lightning.cli.parsing import ArgumentParser, one_line_errors
+from stisr_lightning.cli.parsing import ArgumentParser, image_size, one_line_errors
 from stisr_lightning.data.str_benchmarks import materialize_str_benchmark
 from stisr_lightning.data.synthetic import make_synthetic
 from stisr_lightning.data.textzoom import BLANK_STD, LOW_CONTRAST_RANGE, inspect_lmdb
@@ -24,11 +24,6 @@ from stisr_lightning.metrics.calibration import (
 from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader, check_reader_spec
 from stisr_lightning.sweeps.spec import PACKAGE_REPO
 from stisr_lightning.weights import WEIGHTS_DIR_ENV, file_digest, official_files, weights_dir
-
-
-def _size(text: str) -> tuple[int, int]:
-    height, width = (int(v) for v in text.lower().split("x"))
-    return height, width
 
 
 def _reader(spec: str) -> str:
@@ -90,7 +85,7 @@ def build_parser() -> ArgumentParser:
     synthetic.add_argument("--seed", type=int, default=0)
     synthetic.add_argument("--workers", type=int, default=2)
     synthetic.add_argument("--str-test", type=int, default=0, help="size of out/str_synth (LEMMA STR degradation)")
-    synthetic.add_argument("--hr-size", type=_size, default=(32, 128), help="HxW, e.g. 32x128")
+    synthetic.add_argument("--hr-size", type=image_size, default=(32, 128), help="HxW, e.g. 32x128")
     synthetic.add_argument("--scale", type=int, default=2)
     inspect = commands.add_parser("inspect", help="counts, sizes, charset, unreadable records, blank and "
                                                   "low-contrast HR images of an LMDB")

@@ -68,3 +68,12 @@ def one_line_errors(prog: str) -> Callable[[Callable[..., T]], Callable[..., T]]
         return wrapped
 
     return wrap
+
+
+def image_size(text: str) -> tuple[int, int]:
+    """An `HxW` command-line size (e.g. 32x128) as (height, width)."""
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW such as 32x128, got {text!r}") from None
+    return height, width

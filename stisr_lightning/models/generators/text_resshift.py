@@ -147,8 +147,9 @@ class TextResShift(nn.Module):
     def forward(self, lr: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Algorithm 2: the reverse chain from z_y + kappa sqrt(eta_T) noise, decoded; [0, 1] RGB."""
         z_y, lq, context = self.conditions(lr)
-        if self.scheduler.timesteps.device != z_y.device:
-            self.scheduler.set_timesteps(self.num_inference_steps, z_y.device)
+        scheduler = self.scheduler
+        if scheduler.num_inference_steps != self.num_inference_steps or scheduler.timesteps.device != z_y.device:
+            scheduler.set_timesteps(self.num_inference_steps, z_y.device)
 
         def predict(z_t: Tensor, t: Tensor) -> Tensor:
             return self.denoiser(z_t, t.expand(z_t.shape[0]), lq=lq, context=context)
