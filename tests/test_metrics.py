@@ -5,7 +5,13 @@ import pytest
 import torch
 from torch import nn
 
-from stisr_lightning.metrics.fid import TextFeatureFID
+from stisr_lightning.metrics.fid import (
+    InceptionFID,
+    InceptionPool3,
+    TextFeatureFID,
+    frechet_distance,
+    inception_weights_path,
+)
 from stisr_lightning.data.image_ops import gaussian_window
 from stisr_lightning.metrics.image import PSNR, SSIM
 from stisr_lightning.metrics.lpips import LPIPS
@@ -212,3 +218,104 @@ def test_text_feature_fid_with_recognizer_output_keeps_it_out_of_state_dict():
     assert metric.compute().item() == pytest.approx(0.0, abs=1e-3)
     with pytest.raises(ValueError, match=r"\(N, D\) features"):
         TextFeatureFID(lambda images: images)
+
+
+def _symmetric_root(matrix: np.ndarray) -> np.ndarray:
+    values, vectors = np.linalg.eigh(matrix)
+    return (vectors * np.sqrt(np.clip(values, 0, None))) @ vectors.T
+
+
+def test_frechet_distance_equals_hand_computation_on_known_gaussians():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(4, 4)), rng.normal(size=(4, 4))
+    sigma1, sigma2 = a @ a.T + np.eye(4), b @ b.T + 0.5 * np.eye(4)  # SPD and not commuting
+    mu = rng.normal(size=4)
+    shift = np.array([0.5, -1.0, 2.0, 0.0])
+    assert frechet_distance(mu, sigma1, mu, sigma1) == pytest.approx(0.0, abs=1e-9)
+    assert frechet_distance(mu, sigma1, mu + shift, sigma1) == pytest.approx(shift @ shift, abs=1e-9)
+    assert frechet_distance([0.0], [[4.0]], [1.0], [[9.0]]) == pytest.approx(1.0 + (2.0 - 3.0) ** 2)
+    diagonal1, diagonal2 = np.array([1.0, 4.0, 9.0]), np.array([4.0, 1.0, 16.0])
+    expected = np.sum((np.sqrt(diagonal1) - np.sqrt(diagonal2)) ** 2)  # (1-2)^2 + (2-1)^2 + (3-4)^2 = 3
+    assert frechet_distance(np.zeros(3), np.diag(diagonal1), np.zeros(3), np.diag(diagonal2)) == pytest.approx(expected)
+    # Tr sqrt(S1 S2) = Tr sqrt(S1^1/2 S2 S1^1/2): an independent route through symmetric eigen-decompositions
+    root1 = _symmetric_root(sigma1)
+    by_hand = shift @ shift + np.trace(sigma1 + sigma2) - 2 * np.trace(_symmetric_root(root1 @ sigma2 @ root1))
+    assert frechet_distance(mu, sigma1, mu + shift, sigma2) == pytest.approx(by_hand, abs=1e-9)
+
+
+def test_frechet_distance_rejects_imaginary_roots_and_mismatched_shapes():
+    with pytest.raises(ValueError, match="imaginary component 1.0"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(2), np.diag([1.0, -1.0]))
+    with pytest.raises(ValueError, match="do not describe two Gaussians of one dimension"):
+        frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+class _ChannelMeans(nn.Module):
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.mean(dim=(2, 3))
+
+
+def test_inception_fid_unavailable_without_cached_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    assert inception_weights_path() == tmp_path / "checkpoints" / "inception_v3_google-0cc3c7bd.pth"
+    metric = InceptionFID()
+    assert metric.available is False and metric.features is None
+    metric.update(torch.rand(2, 4, 32, 128), torch.rand(2, 4, 32, 128))
+    assert math.isnan(metric.compute().item())
+    with pytest.raises(ValueError, match=r"InceptionFID: expected \(N, C>=3, H, W\)"):
+        metric.update(torch.rand(2, 32, 128), torch.rand(2, 32, 128))
+
+
+def test_inception_fid_from_feature_sums_equals_numpy_statistics_and_merges_exactly():
+    generator = torch.Generator().manual_seed(0)
+    hr = torch.rand(12, 4, 8, 16, generator=generator) ** 2
+    sr = torch.rand(12, 4, 8, 16, generator=generator)
+    metric = InceptionFID(_ChannelMeans())
+    assert metric.available and metric.sr_outer_sum.shape == (3, 3) and metric.sr_sum.dtype == torch.float64
+    metric.update(sr, hr)
+    features_sr, features_hr = sr[:, :3].mean(dim=(2, 3)).double().numpy(), hr[:, :3].mean(dim=(2, 3)).double().numpy()
+    expected = frechet_distance(features_sr.mean(0), np.cov(features_sr, rowvar=False),
+                                features_hr.mean(0), np.cov(features_hr, rowvar=False))
+    assert expected > 0.01
+    assert metric.compute().item() == pytest.approx(expected, abs=1e-12)
+    first, second = InceptionFID(_ChannelMeans()), InceptionFID(_ChannelMeans())  # two DDP ranks' halves
+    first.update(sr[:5], hr[:5])
+    second.update(sr[5:], hr[5:])
+    first.merge_state(second)
+    assert first.compute().item() == pytest.approx(expected, abs=1e-12)
+    metric.reset()
+    metric.update(hr * 0.5 + 0.25, hr * 0.5)  # same covariance, mean shifted by 0.25 in each of 3 dims
+    assert metric.compute().item() == pytest.approx(3 * 0.25**2, abs=1e-6)  # float32 images and means
+    metric.reset()
+    metric.update(sr[:1], hr[:1])
+    with pytest.warns(UserWarning, match="needs at least 2 of each"):
+        assert math.isnan(metric.compute().item())
+
+
+def test_inception_fid_loads_cached_torchvision_weights_strictly(tmp_path, monkeypatch):
+    """A random torchvision Inception-v3 saved as the cached file: loaded by key, features = torchvision's pool3."""
+    from torchvision.models import inception_v3
+
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))
+    torch.manual_seed(0)
+    reference = inception_v3(weights=None, aux_logits=True, init_weights=False).eval()
+    path = inception_weights_path()
+    path.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), path)
+    metric = InceptionFID()
+    assert metric.available and isinstance(metric.features, InceptionPool3)
+    assert metric.sr_sum.shape == (2048,) and metric.hr_outer_sum.shape == (2048, 2048)
+    loaded, saved = metric.features.state_dict(), reference.state_dict()
+    assert loaded.keys() == saved.keys() and all(torch.equal(loaded[key], saved[key]) for key in saved)
+    metric.train()
+    assert not metric.features.training
+    images = torch.rand(2, 3, 24, 80)
+    reference.fc = nn.Identity()  # eval mode: dropout is the identity, so forward returns the pool3 features
+    with torch.no_grad():
+        expected = reference(2 * torch.nn.functional.interpolate(images, size=(299, 299), mode="bilinear") - 1)
+    torch.testing.assert_close(metric.features(images), expected, atol=0, rtol=0)
+    state = torch.load(path, weights_only=True)
+    del state["fc.bias"]
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=r"inception_v3_google-0cc3c7bd.pth: checkpoint does not match .*missing 1"):
+        InceptionFID()

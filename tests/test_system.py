@@ -187,3 +187,29 @@ def test_compile_targets_name_submodules_or_methods():
     for wrong in ("generatr", "generator.fwd", "generator.conv1.weight"):
         with pytest.raises(ValueError, match=f"has no submodule or method '{wrong}'"):
             STISRSystem(SRCNN(in_channels=4), compile_targets=[wrong])
+
+
+class _ChannelMeans(torch.nn.Module):
+    """A stand-in for the Inception network: 3-d features whose Frechet distance is computable by hand."""
+
+    def forward(self, images):
+        return images.mean(dim=(2, 3))
+
+
+def test_inception_fid_is_reported_per_set_and_never_averaged(tiny_textzoom, tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path))  # no Inception weights: "not available"
+    system = STISRSystem(Bicubic(), recognizers={"brightness": BrightnessRecognizer()}, inception_fid=True)
+    quiet_trainer().test(system, datamodule=datamodule(tiny_textzoom))
+    results = system.test_report.results
+    assert math.isnan(results["test/tiny/easy/fid"]) and math.isnan(results["test/tiny/medium/fid"])
+    assert "test/tiny/average/fid" not in results
+
+    monkeypatch.setattr("stisr_lightning.metrics.evaluation.cached_inception_pool3", _ChannelMeans)
+    system = STISRSystem(Bicubic(), recognizers={"brightness": BrightnessRecognizer()}, inception_fid=True)
+    quiet_trainer().test(system, datamodule=datamodule(tiny_textzoom))
+    results = system.test_report.results
+    # uniform images: zero covariances, so FID = |mu_sr - mu_hr|^2 over 3 channels
+    assert results["test/tiny/easy/fid"] == pytest.approx(3 * ((HR_GRAY - LR_GRAY) / 255) ** 2, abs=1e-6)
+    dark_gap = round(HR_GRAY * 0.2) - round(LR_GRAY * 0.2)
+    assert results["test/tiny/medium/fid"] == pytest.approx(3 * (dark_gap / 255) ** 2, abs=1e-6)
+    assert "test/tiny/average/fid" not in results and "test/tiny/average/psnr" in results

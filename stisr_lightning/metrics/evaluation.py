@@ -10,13 +10,13 @@ import torch
 from torch import Tensor, nn
 from torchmetrics import MetricCollection, SumMetric
 
-from stisr_lightning.metrics.fid import TextFeatureFID
+from stisr_lightning.metrics.fid import InceptionFID, TextFeatureFID, cached_inception_pool3
 from stisr_lightning.metrics.image import PSNR, SSIM
 from stisr_lightning.metrics.lpips import LPIPS
 from stisr_lightning.metrics.recognition import NormalizedEditDistance, WordAccuracy, weighted_average
 from stisr_lightning.models.recognizers.base import Recognizer
 
-NON_ADDITIVE_METRICS = {"fid_text"}
+NON_ADDITIVE_METRICS = {"fid_text", "fid"}
 """A Frechet distance of the union is not a weighted mean of the subsets' distances: no average is reported."""
 
 
@@ -64,11 +64,14 @@ class TestHarness(nn.Module):
         sample_count: samples kept per test set for the sample tables.
         subset_average: '<dataset>/average' weighted by subset sizes (TextZoom) or the plain mean of the subsets.
         text_filter: the `filter_text` level of the data's text protocol ('lower' for TextZoom, 'unicode').
+        inception_fid: also report Inception FID (`fid`, SR vs HR); one Inception network serves every set, and
+            without its cached weights the metric reports "not available" (NaN).
     """
 
     def __init__(self, set_names: list[str], recognizers: dict[str, Recognizer], batch_averaged: bool = False,
                  lpips_net: str | None = None, fid_recognizer: str | None = None, sample_count: int = 8,
-                 subset_average: Literal["weighted", "mean"] = "weighted", text_filter: str = "lower") -> None:
+                 subset_average: Literal["weighted", "mean"] = "weighted", text_filter: str = "lower",
+                 inception_fid: bool = False) -> None:
         super().__init__()
         if not set_names:
             raise ValueError("the data module defines no test sets (data.test_sets is empty)")
@@ -76,12 +79,15 @@ class TestHarness(nn.Module):
         self.recognizers = dict(recognizers)  # a plain dict: not registered, so not moved or saved twice
         self.sample_count, self.subset_average, self.text_filter = sample_count, subset_average, text_filter
         self.per_set = nn.ModuleDict()
+        inception = cached_inception_pool3() if inception_fid else None
         for name in self.set_names:
             metrics = {"image": image_metrics(batch_averaged), "count": SumMetric(), "sr_seconds": SumMetric()}
             if lpips_net:
                 metrics["image"].add_metrics({"lpips": LPIPS(net=lpips_net)})
             if fid_recognizer:
                 metrics["fid_text"] = TextFeatureFID(self.recognizers[fid_recognizer])
+            if inception_fid:
+                metrics["fid"] = InceptionFID(inception)
             for recognizer in self.recognizers:
                 metrics[f"{recognizer}__acc"] = WordAccuracy(text_filter)
                 metrics[f"{recognizer}__ned"] = NormalizedEditDistance(text_filter)
@@ -97,6 +103,8 @@ class TestHarness(nn.Module):
         if "fid_text" in metrics:
             metrics["fid_text"].update(batch["hr"], real=True)
             metrics["fid_text"].update(sr, real=False)
+        if "fid" in metrics:
+            metrics["fid"].update(sr, batch["hr"])
         rgb = sr[:, :3].clamp(0, 1)
         readings = {}
         for recognizer_name, recognizer in self.recognizers.items():
@@ -128,6 +136,8 @@ class TestHarness(nn.Module):
             values["seconds_per_image"] = float(metrics["sr_seconds"].compute()) / max(1, sizes[name])
             if "fid_text" in metrics:
                 values["fid_text"] = float(metrics["fid_text"].compute())
+            if "fid" in metrics:
+                values["fid"] = float(metrics["fid"].compute())
             for recognizer in self.recognizers:
                 values[f"{recognizer}/acc"] = float(metrics[f"{recognizer}__acc"].compute())
                 values[f"{recognizer}/ned"] = float(metrics[f"{recognizer}__ned"].compute())

@@ -43,6 +43,7 @@ class STISRSystem(LightningModule):
         subset_average: Literal["weighted", "mean"] = "weighted",
         lpips_net: str | None = None,
         fid_recognizer: str | None = None,
+        inception_fid: bool = False,
         sample_count: int = 8,
         compile_targets: list[str] | None = None,
         compile_mode: str = "default",
@@ -68,6 +69,8 @@ class STISRSystem(LightningModule):
                 the torch hub cache, and reports "not available" (NaN) without it.
             fid_recognizer: also report `fid_text`, the Frechet distance between SR and HR in this (differentiable)
                 recognizer's feature space; not comparable to Inception FID.
+            inception_fid: also report `fid`, Inception FID between SR and HR (TextResShift's FID); needs
+                torchvision's Inception-v3 weights in the torch hub cache, and reports "not available" (NaN) without.
             sample_count: images per test set kept for the LR | SR | HR sample table.
             compile_targets: submodules or methods to `torch.compile` in place: `generator` compiles the generator's
                 `__call__`; `generator.forward_with_prior` compiles that method (systems that call a method rather
@@ -113,6 +116,7 @@ class STISRSystem(LightningModule):
         self.subset_average = subset_average
         self.lpips_net = lpips_net
         self.fid_recognizer = fid_recognizer
+        self.inception_fid = inception_fid
         self.sample_count = sample_count
         self.compile_targets, self.compile_mode = list(compile_targets or []), compile_mode
         for target in self.compile_targets:
@@ -245,7 +249,7 @@ class STISRSystem(LightningModule):
             self.test_harness = TestHarness(
                 list(getattr(datamodule, "test_set_names", [])), dict(self.recognizers),
                 self.psnr_batch_averaged, self.lpips_net, self.fid_recognizer, self.sample_count, self.subset_average,
-                getattr(datamodule, "compare_filter", "lower"),
+                getattr(datamodule, "compare_filter", "lower"), inception_fid=self.inception_fid,
             ).to(self.device)
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
