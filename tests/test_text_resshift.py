@@ -23,6 +23,7 @@ class StripeReader(TorchRecognizer):
     """Reads 'ab' (confidences 0.9, 0.5) from bright images and 'b' (0.2) from dark ones, as tokens."""
 
     charset = "ab"
+    ships_weights = True  # a rule, not a network
 
     def read_tokens(self, images: Tensor, max_length: int) -> tuple[Tensor, Tensor]:
         bright = images.mean(dim=(1, 2, 3)) > 0.5
@@ -132,3 +133,38 @@ def test_system_trains_on_progressive_sources_and_lowers_l1():
         optimizer.step()
         losses.append(total.item())
     assert losses[-1] < 0.7 * losses[0]
+
+
+def test_official_files_load_into_their_parts_and_a_random_frozen_part_is_an_error_under_strict_weights(
+        tmp_path, monkeypatch):
+    from stisr_lightning.models.autoencoders.vq_f4 import VQModelTorch
+    from stisr_lightning.models.blocks.text_condition import MOM_TRANSFORMER_PREFIX
+    from stisr_lightning.weights import STRICT_WEIGHTS_ENV
+
+    small_vq = dict(ch=32, ch_mult=(1, 1), num_res_blocks=1, n_embed=64)
+    torch.manual_seed(5)
+    released_vq, released_unet = VQModelTorch(**small_vq), UNetModelSwin(**TINY_UNET)  # official layouts
+    released_mom = MoMTextTransformer(vocab_size=3, max_seq_len=8, dim=32, depth=1, heads=2, dim_head=16)
+    torch.save(released_vq.state_dict(), tmp_path / "autoencoder_vq_f4.pth")
+    torch.save(released_unet.state_dict(), tmp_path / "resshift.pth")
+    torch.save({MOM_TRANSFORMER_PREFIX + key: value for key, value in released_mom.state_dict().items()},
+               tmp_path / "DiffTSR.ckpt")
+    torch.manual_seed(6)
+    model = TextResShift(UNetModelSwin(**TINY_UNET, context_dim=32, cross_attention_heads=2),
+                         autoencoder=VQModelTorch(**small_vq), reader=StripeReader(),
+                         text_encoder=MoMTextTransformer(vocab_size=3, max_seq_len=8, dim=32, depth=1, heads=2,
+                                                         dim_head=16),
+                         max_text_length=8, denoiser_weights=str(tmp_path / "resshift.pth"),
+                         autoencoder_weights=str(tmp_path / "autoencoder_vq_f4.pth"),
+                         text_encoder_weights=str(tmp_path / "DiffTSR.ckpt"))
+    for part, released in ((model.autoencoder, released_vq), (model.text_encoder, released_mom)):
+        assert all(torch.equal(a, b) for a, b in zip(part.state_dict().values(), released.state_dict().values()))
+    assert torch.equal(model.denoiser.input_blocks[0][0].weight, released_unet.input_blocks[0][0].weight)
+    assert not any(p.requires_grad for p in model.text_encoder.parameters())  # DiffTSR's MoM stays frozen
+    monkeypatch.setenv(STRICT_WEIGHTS_ENV, "1")
+    with pytest.raises(ValueError, match="VQ-f4 autoencoder has no autoencoder_weights"):
+        TextResShift(UNetModelSwin(**TINY_UNET), autoencoder=VQModelTorch(**small_vq))
+    with pytest.raises(ValueError, match="frozen MoM text encoder has no text_encoder_weights"):
+        TextResShift(UNetModelSwin(**TINY_UNET, context_dim=32, cross_attention_heads=2), reader=StripeReader(),
+                     text_encoder=MoMTextTransformer(vocab_size=3, max_seq_len=8, dim=32, depth=1, heads=2,
+                                                     dim_head=16), max_text_length=8)

@@ -320,11 +320,11 @@ class IdentityAutoencoder(nn.Module):
         return x
 
 
-def load_official_vq_f4(path: str | Path) -> VQModelTorch:
+def load_official_vq_f4(path: str | Path, model: VQModelTorch | None = None) -> VQModelTorch:
     """ResShift's released `autoencoder_vq_f4.pth` (a plain state dict of `VQModelTorch`, which ResShift's trainer
-    loads with strict=True; `{'state_dict': ...}` and `module.`-prefixed copies load too), loaded strictly into the
-    default configuration. `path` may be `official:autoencoder_vq_f4.pth` (the weights directory)."""
-    model = VQModelTorch()
+    loads with strict=True; `{'state_dict': ...}` and `module.`-prefixed copies load too), loaded strictly into
+    `model` (default: a new one in the default configuration). `path` may be `official:autoencoder_vq_f4.pth`."""
+    model = VQModelTorch() if model is None else model
     state = extract_state_dict(read_checkpoint(path), lightning_prefix="autoencoder.")
     load_state_dict_strict(model, state, str(path))  # fp16 copies load too: load_state_dict casts
     return model

@@ -162,11 +162,12 @@ def flatten_tensors(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Tens
     return flat
 
 
-def load_difftsr_mom_transformer(path: str | Path, freeze: bool = True) -> MoMTextTransformer:
+def load_difftsr_mom_transformer(path: str | Path, freeze: bool = True,
+                                 model: MoMTextTransformer | None = None) -> MoMTextTransformer:
     """The MoM text transformer of a DiffTSR checkpoint (the released nested `DiffTSR.ckpt`, a Lightning
     `{'state_dict': ...}` or a plain flat state dict), loaded strictly into the official configuration. TextResShift
     keeps MoM frozen (its appendix says so, though a later sentence there says MoM is updated): `freeze=False`
-    leaves it trainable. `path` may be `official:<file>` (the weights directory)."""
+    leaves it trainable. `model`: load into this one (default: a new one). `path` may be `official:<file>`."""
     checkpoint = read_checkpoint(path)
     if not isinstance(checkpoint, Mapping):
         raise ValueError(f"{path}: not a DiffTSR checkpoint (a {type(checkpoint).__name__}, not a dict)")
@@ -178,7 +179,7 @@ def load_difftsr_mom_transformer(path: str | Path, freeze: bool = True) -> MoMTe
     if not state:
         raise ValueError(f"{path}: no key starts with {MOM_TRANSFORMER_PREFIX!r}, so it holds no DiffTSR MoM "
                          f"transformer ({len(flat)} tensors, e.g. {', '.join(list(flat)[:3]) or 'none'})")
-    model = MoMTextTransformer()
+    model = MoMTextTransformer() if model is None else model
     load_state_dict_strict(model, state, str(path))
     if freeze:
         model.requires_grad_(False)

@@ -21,10 +21,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stisr_lightning.diffusion.resshift import ResShiftScheduler, sample
-from stisr_lightning.models.autoencoders.vq_f4 import IdentityAutoencoder
-from stisr_lightning.models.blocks.text_condition import MoMTextTransformer
+from stisr_lightning.models.autoencoders.vq_f4 import IdentityAutoencoder, VQModelTorch, load_official_vq_f4
+from stisr_lightning.models.blocks.text_condition import MoMTextTransformer, load_difftsr_mom_transformer
 from stisr_lightning.models.generators.resshift_unet import UNetModelSwin
 from stisr_lightning.models.recognizers.base import TorchRecognizer
+from stisr_lightning.models.recognizers.transocr import TransOCR, load_official_transocr
+from stisr_lightning.weights import extract_state_dict, load_weights, read_checkpoint, report_untrained
 
 
 class TextResShift(nn.Module):
@@ -43,6 +45,13 @@ class TextResShift(nn.Module):
     max_text_length: tokens read per image (DiffTSR / TransOCR: 24).
     num_train_timesteps, kappa, min_noise_level, etas_end, power: the ResShift schedule (see ResShiftScheduler).
     num_inference_steps: sampling steps (None = every training step).
+    denoiser_weights: a released ResShift UNet (`official:resshift_realsrx4_s4_v3.pth`: the SR prior the paper starts
+        from; the cross-attention layers keep their fresh initialisation) or None (random).
+    autoencoder_weights: `official:autoencoder_vq_f4.pth` for a VQModelTorch (required: a random frozen autoencoder
+        is an error under strict weights, a warning otherwise).
+    reader_weights: the OCR's file (`official:transocr.pth`) unless it ships its weights (EasyOCR).
+    text_encoder_weights: DiffTSR's checkpoint (`official:DiffTSR.ckpt`) for the MoM text transformer; a frozen text
+        encoder without it is an error under strict weights, a warning otherwise.
     """
 
     def __init__(
@@ -61,6 +70,10 @@ class TextResShift(nn.Module):
         etas_end: float = 0.99,
         power: float = 0.3,
         num_inference_steps: int | None = None,
+        denoiser_weights: str | None = None,
+        autoencoder_weights: str | None = None,
+        reader_weights: str | None = None,
+        text_encoder_weights: str | None = None,
     ) -> None:
         super().__init__()
         self.cross_attention = denoiser.context_dim is not None
@@ -80,6 +93,8 @@ class TextResShift(nn.Module):
             if text_encoder.max_seq_len < max_text_length:
                 raise ValueError(f"TextResShift: text_encoder max_seq_len {text_encoder.max_seq_len} < "
                                  f"max_text_length {max_text_length}")
+        _load_parts(denoiser, autoencoder, reader, text_encoder, text_encoder_trainable,
+                    denoiser_weights, autoencoder_weights, reader_weights, text_encoder_weights)
         self.denoiser = denoiser
         self.autoencoder = (autoencoder or IdentityAutoencoder()).requires_grad_(False).eval()
         self.reader = reader.freeze() if reader is not None else None
@@ -155,3 +170,34 @@ class TextResShift(nn.Module):
             return self.denoiser(z_t, t.expand(z_t.shape[0]), lq=lq, context=context)
 
         return self.decode(sample(predict, z_y, self.scheduler, generator=generator)).clamp(0, 1)
+
+
+def _load_parts(denoiser: UNetModelSwin, autoencoder: nn.Module | None, reader: TorchRecognizer | None,
+                text_encoder: MoMTextTransformer | None, text_encoder_trainable: bool, denoiser_weights: str | None,
+                autoencoder_weights: str | None, reader_weights: str | None, text_encoder_weights: str | None) -> None:
+    """Each official file into its part; a frozen part left at its random init is reported (an error under strict
+    weights: the `full` preset)."""
+    if denoiser_weights:
+        denoiser.load_resshift_state_dict(extract_state_dict(read_checkpoint(denoiser_weights), "denoiser."),
+                                          denoiser_weights)
+    if autoencoder_weights:
+        if not isinstance(autoencoder, VQModelTorch):
+            raise ValueError(f"TextResShift: autoencoder_weights {autoencoder_weights!r} given but the autoencoder is "
+                             f"{type(autoencoder).__name__}, not VQModelTorch")
+        load_official_vq_f4(autoencoder_weights, autoencoder)
+    elif isinstance(autoencoder, VQModelTorch):
+        report_untrained("TextResShift: the VQ-f4 autoencoder has no autoencoder_weights, so it is frozen at random "
+                         "weights; give official:autoencoder_vq_f4.pth")
+    if reader_weights:
+        if isinstance(reader, TransOCR):
+            load_official_transocr(reader_weights, model=reader)
+        else:
+            load_weights(reader, reader_weights, lightning_prefix="recognizer.")
+    elif reader is not None and not reader.ships_weights:
+        report_untrained(f"TextResShift: the OCR ({type(reader).__name__}) has no reader_weights, so it reads with "
+                         "random weights; give official:transocr.pth")
+    if text_encoder_weights:
+        load_difftsr_mom_transformer(text_encoder_weights, freeze=not text_encoder_trainable, model=text_encoder)
+    elif text_encoder is not None and not text_encoder_trainable:
+        report_untrained("TextResShift: the frozen MoM text encoder has no text_encoder_weights; give "
+                         "official:DiffTSR.ckpt or set text_encoder_trainable: true")

@@ -262,19 +262,21 @@ class TransOCR(TorchRecognizer):
 
 
 def load_official_transocr(
-    path_or_state: str | Path | Mapping[str, Tensor], alphabet: str | Path = OFFICIAL_ALPHABET, **kwargs: Any
+    path_or_state: str | Path | Mapping[str, Tensor], alphabet: str | Path = OFFICIAL_ALPHABET,
+    model: TransOCR | None = None, **kwargs: Any
 ) -> TransOCR:
     """Load `transocr.pth` strictly, with its alphabet (the benchmark file it was trained with).
 
     The official trainer saves `nn.DataParallel(model).state_dict()` (`module.` keys) and DiffTSR's copy may carry
     `module.module.` (DiffTSR renames it before loading), so every leading `module.` is removed; a `{'state_dict': ...}`
-    wrapper or an already loaded state dict also load. `kwargs` go to the constructor.
+    wrapper or an already loaded state dict also load. `model`: load into this one (its own charset; default: a new
+    one from `alphabet` and `kwargs`).
     """
     from_file = isinstance(path_or_state, (str, Path))
     source = str(path_or_state) if from_file else "TransOCR state dict"
     state = extract_state_dict(read_checkpoint(path_or_state) if from_file else path_or_state, "recognizer.")
     while state and all(key.startswith("module.") for key in state):
         state = {key[len("module.") :]: value for key, value in state.items()}
-    model = TransOCR(alphabet, **kwargs)
+    model = TransOCR(alphabet, **kwargs) if model is None else model
     load_state_dict_strict(model, state, source)
     return model
