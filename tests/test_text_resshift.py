@@ -111,7 +111,7 @@ def test_inconsistent_text_settings_are_one_line_errors():
     with pytest.raises(ValueError, match="no cross-attention"):
         TextResShift(UNetModelSwin(**TINY_UNET), reader=StripeReader())
     small = MoMTextTransformer(vocab_size=2, max_seq_len=8, dim=32, depth=1, heads=2, dim_head=16)
-    with pytest.raises(ValueError, match="vocab_size 2 < the reader's 3 classes"):
+    with pytest.raises(ValueError, match="vocab_size 2 has no token 2"):
         TextResShift(denoiser, reader=StripeReader(), text_encoder=small, max_text_length=8)
 
 
@@ -168,3 +168,22 @@ def test_official_files_load_into_their_parts_and_a_random_frozen_part_is_an_err
         TextResShift(UNetModelSwin(**TINY_UNET, context_dim=32, cross_attention_heads=2), reader=StripeReader(),
                      text_encoder=MoMTextTransformer(vocab_size=3, max_seq_len=8, dim=32, depth=1, heads=2,
                                                      dim_head=16), max_text_length=8)
+
+
+def test_reader_characters_map_to_the_text_encoders_alphabet_as_difftsr_does():
+    """DiffTSR's MoM token = index in its alphabet; padding and unknown characters = the alphabet's length."""
+    torch.manual_seed(0)
+    encoder = MoMTextTransformer(vocab_size=4, max_seq_len=8, dim=32, depth=1, heads=2, dim_head=16)
+    model = TextResShift(UNetModelSwin(**TINY_UNET, context_dim=32, cross_attention_heads=2), reader=StripeReader(),
+                         text_encoder=encoder, text_encoder_charset="xba", text_encoder_trainable=True,
+                         max_text_length=8)
+    assert model.token_map.tolist() == [3, 2, 1]  # none -> pad 3, 'a' -> 2, 'b' -> 1
+    lr = torch.full((1, 3, 16, 64), 0.9)
+    tokens, confidence = StripeReader().read_tokens(lr, 8)  # bright: 'ab'
+    expected = encoder(torch.tensor([[2, 1, 3, 3, 3, 3, 3, 3]]), confidence)
+    torch.testing.assert_close(model.text_context(lr), expected)
+    with pytest.raises(ValueError, match="vocab_size 3 has no token 3"):
+        TextResShift(UNetModelSwin(**TINY_UNET, context_dim=32, cross_attention_heads=2), reader=StripeReader(),
+                     text_encoder=MoMTextTransformer(vocab_size=3, max_seq_len=8, dim=32, depth=1, heads=2,
+                                                     dim_head=16),
+                     text_encoder_charset="xba", text_encoder_trainable=True, max_text_length=8)

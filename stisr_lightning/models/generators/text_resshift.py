@@ -25,7 +25,7 @@ from stisr_lightning.models.autoencoders.vq_f4 import IdentityAutoencoder, VQMod
 from stisr_lightning.models.blocks.text_condition import MoMTextTransformer, load_difftsr_mom_transformer
 from stisr_lightning.models.generators.resshift_unet import UNetModelSwin
 from stisr_lightning.models.recognizers.base import TorchRecognizer
-from stisr_lightning.models.recognizers.transocr import TransOCR, load_official_transocr
+from stisr_lightning.models.recognizers.transocr import TransOCR, load_alphabet, load_official_transocr
 from stisr_lightning.weights import extract_state_dict, load_weights, read_checkpoint, report_untrained
 
 
@@ -35,8 +35,11 @@ class TextResShift(nn.Module):
         (Table 2's "w/o cross-attention" row: `context_dim: null` and no `text_encoder`).
     autoencoder: frozen; VQ-f4 (`VQModelTorch`, the paper) or `IdentityAutoencoder` (pixel space; the CPU default).
     reader: the frozen OCR whose tokens and confidences condition the denoiser (TransOCR in the paper).
-    text_encoder: DiffTSR's MoM text transformer, turning tokens into the cross-attention context; its vocabulary
-        covers the reader's classes (token = charset index + 1).
+    text_encoder: DiffTSR's MoM text transformer, turning tokens into the cross-attention context.
+    text_encoder_charset: the text encoder's own characters in token order (a string, or an alphabet file such as
+        `official:difftsr_alphabet.txt`): the reader's characters are mapped to them by character, DiffTSR's way
+        (token = index in the alphabet; padding and characters it lacks = its length, 6735 for DiffTSR). None: the
+        encoder reads the reader's classes as they are (token = charset index + 1, 0 = none).
     text_encoder_trainable: train the text encoder with the denoiser. The paper loads DiffTSR's MoM and freezes it
         (default); without those weights (any English setting) a frozen random encoder would say nothing, so
         English presets train it.
@@ -60,6 +63,7 @@ class TextResShift(nn.Module):
         autoencoder: nn.Module | None = None,
         reader: TorchRecognizer | None = None,
         text_encoder: MoMTextTransformer | None = None,
+        text_encoder_charset: str | None = None,
         text_encoder_trainable: bool = False,
         confidence: bool = True,
         scale_factor: int = 2,
@@ -87,9 +91,11 @@ class TextResShift(nn.Module):
             if text_encoder.dim != denoiser.context_dim:
                 raise ValueError(f"TextResShift: text_encoder dim {text_encoder.dim} != denoiser context_dim "
                                  f"{denoiser.context_dim}")
-            if text_encoder.vocab_size < len(reader.charset) + 1:
-                raise ValueError(f"TextResShift: text_encoder vocab_size {text_encoder.vocab_size} < the reader's "
-                                 f"{len(reader.charset) + 1} classes ({type(reader).__name__})")
+            token_map = _token_map(reader.charset, text_encoder_charset)
+            if text_encoder.vocab_size <= int(token_map.max()):
+                raise ValueError(f"TextResShift: text_encoder vocab_size {text_encoder.vocab_size} has no token "
+                                 f"{int(token_map.max())} (the reader's classes through text_encoder_charset)")
+            self.register_buffer("token_map", token_map, persistent=False)
             if text_encoder.max_seq_len < max_text_length:
                 raise ValueError(f"TextResShift: text_encoder max_seq_len {text_encoder.max_seq_len} < "
                                  f"max_text_length {max_text_length}")
@@ -125,6 +131,7 @@ class TextResShift(nn.Module):
             return None
         with torch.no_grad():
             tokens, confidences = self.reader.read_tokens(lr[:, :3], self.max_text_length)
+            tokens = self.token_map[tokens]
         return self.text_encoder(tokens, confidences if self.confidence else None)
 
     def encode(self, images: Tensor) -> Tensor:
@@ -170,6 +177,15 @@ class TextResShift(nn.Module):
             return self.denoiser(z_t, t.expand(z_t.shape[0]), lq=lq, context=context)
 
         return self.decode(sample(predict, z_y, self.scheduler, generator=generator)).clamp(0, 1)
+
+
+def _token_map(reader_charset: str, encoder_charset: str | None) -> Tensor:
+    """Reader class (0 = none, k = reader_charset[k - 1]) -> text-encoder token."""
+    if encoder_charset is None:
+        return torch.arange(len(reader_charset) + 1)
+    alphabet = load_alphabet(encoder_charset)
+    pad = len(alphabet)
+    return torch.tensor([pad] + [alphabet.find(ch) if ch in alphabet else pad for ch in reader_charset])
 
 
 def _load_parts(denoiser: UNetModelSwin, autoencoder: nn.Module | None, reader: TorchRecognizer | None,
