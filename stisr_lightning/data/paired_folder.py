@@ -10,23 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
-from torch.utils.data import Dataset
 
 from stisr_lightning.data.charset import filter_text
-from stisr_lightning.data.textzoom import (
-    ON_CORRUPT,
-    CorruptRecordError,
-    TextZoomLMDB,
-    decode_rgb,
-    image_to_tensor,
-    resize_bicubic,
-)
+from stisr_lightning.data.textzoom import CorruptRecordError, TextPairDataset, TextZoomLMDB, decode_rgb
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp"})
 LABEL_FILES = ("labels.txt", "labels.json")
@@ -85,7 +77,7 @@ def read_labels(folder: Path) -> tuple[dict[str, str], Path]:
     return (_read_labels_txt if label_file.suffix == ".txt" else _read_labels_json)(label_file), label_file
 
 
-class PairedTextFolder(Dataset):
+class PairedTextFolder(TextPairDataset):
     """A paired folder as a dataset of `{"hr", "lr", "label", "index"}` dicts, with TextZoomLMDB's options and rules.
 
     The layout is checked up front (a missing folder, an image without its twin, a label naming a missing image or an
@@ -95,29 +87,8 @@ class PairedTextFolder(Dataset):
     position in sorted file-name order.
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        hr_size: tuple[int, int] = (32, 128),
-        lr_size: tuple[int, int] = (16, 64),
-        mask: bool = False,
-        on_corrupt: str = "skip",
-        max_label_length: int | None = None,
-        lr_from_hr: bool = False,
-        label_filter: str = "all",
-    ) -> None:
-        if on_corrupt not in ON_CORRUPT:
-            raise ValueError(f"on_corrupt={on_corrupt!r}, expected one of {ON_CORRUPT}")
-        self.path = str(path)
-        self.hr_size = tuple(hr_size)
-        self.lr_size = tuple(lr_size)
-        self.mask = mask
-        self.on_corrupt = on_corrupt
-        self.max_label_length = max_label_length
-        self.lr_from_hr = lr_from_hr
-        self.label_filter = label_filter
-        filter_text("", label_filter)  # an unknown filter fails here, naming it, not at the first item
-        self.skipped_keys: set[str] = set()
+    def __init__(self, path: str | os.PathLike, **options: Any) -> None:
+        super().__init__(path, **options)
         folder = Path(path)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder}: paired folder not found")
@@ -135,10 +106,8 @@ class PairedTextFolder(Dataset):
         for name in self.names:
             if name not in raw_labels:
                 raise ValueError(f"{folder / 'HR' / name}: no label in {label_file}")
-        self.labels = [filter_text(raw_labels[name], label_filter) for name in self.names]
-
-    def __len__(self) -> int:
-        return len(self.names)
+        self.labels = [filter_text(raw_labels[name], self.label_filter) for name in self.names]
+        self.num_samples = len(self.names)
 
     def charset(self) -> str:
         """The sorted characters of every filtered label the dataset yields (over-long labels are skipped, so left
@@ -161,30 +130,6 @@ class PairedTextFolder(Dataset):
         hr = self._read("HR", name)
         lr = hr if self.lr_from_hr else self._read("LR", name)
         return hr, lr, label
-
-    def __getitem__(self, index: int) -> dict:
-        count = len(self.names)
-        if not 0 <= index < count:
-            raise IndexError(f"{self.path}: index {index} out of range [0, {count})")
-        for offset in range(count):
-            current = (index + offset) % count
-            try:
-                hr, lr, label = self._load(current)
-                break
-            except CorruptRecordError as error:
-                if self.on_corrupt == "raise":
-                    raise CorruptRecordError(error.key, f"{self.path}: {error.reason}") from None
-                if error.key not in self.skipped_keys:
-                    self.skipped_keys.add(error.key)
-                    warnings.warn(f"{self.path}: skipping {error.key} ({error.reason})", stacklevel=2)
-        else:
-            raise RuntimeError(f"{self.path}: no readable pair in {count} samples")
-        return {
-            "hr": image_to_tensor(resize_bicubic(hr, self.hr_size), self.mask),
-            "lr": image_to_tensor(resize_bicubic(lr, self.lr_size), self.mask),
-            "label": label,
-            "index": current,
-        }
 
 
 def write_paired_folder(path: str | os.PathLike, pairs: Iterable[tuple[Image.Image, Image.Image, str]]) -> int:

@@ -11,6 +11,7 @@ import io
 import math
 import os
 import warnings
+from typing import Any
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -157,19 +158,12 @@ def _process_env(path: str) -> lmdb.Environment:
     return _OPEN_ENVS[key]
 
 
-class TextZoomLMDB(Dataset):
-    """One TextZoom (or STR) LMDB as a dataset of `{"hr", "lr", "label", "index"}` dicts.
-
-    The environment is opened lazily in each process (DataLoader worker), so the dataset pickles cleanly. Sizes are
-    (H, W); both images are resized with PIL bicubic as the official collate does. A record that cannot be decoded
-    (or whose filtered label is longer than `max_label_length`) is skipped in favour of the next valid one, with a
-    warning naming its key, unless `on_corrupt="raise"`.
-
-    `lr_from_hr` ignores the LR record and makes LR by resizing the HR image to `lr_size`: the protocol of papers
-    that down-sample clean images (TextSR's "4x down-sampled from the original images", its Table 1 input sizes).
-    `label_filter` is the `filter_text` level applied to labels at load time ('all' for TextZoom, 'unicode' for data
-    in other scripts: see `charset.TEXT_PROTOCOLS`).
-    """
+class TextPairDataset(Dataset):
+    """What every source of (HR, LR, label) text-line pairs shares: its options, the item dict
+    `{"hr", "lr", "label", "index"}` (both images resized with PIL bicubic, as the official collate does), and skipping
+    an unreadable pair in favour of the next one with a warning naming it (`on_corrupt="skip"`) or raising
+    (`"raise"`). Subclasses set `path` and `num_samples` and implement `_load(index) -> (hr, lr, filtered label)`,
+    raising CorruptRecordError for a pair that cannot be read."""
 
     def __init__(
         self,
@@ -192,16 +186,67 @@ class TextZoomLMDB(Dataset):
         self.max_label_length = max_label_length
         self.lr_from_hr = lr_from_hr
         self.label_filter = label_filter
-        filter_text("", label_filter)  # an unknown filter fails here, naming it, not at the first record
+        filter_text("", label_filter)  # an unknown filter fails here, naming it, not at the first pair
         self.skipped_keys: set[str] = set()
+        self.num_samples = 0
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+        raise NotImplementedError
+
+    def _checked_label(self, raw: str, key: str) -> str:
+        label = filter_text(raw, self.label_filter)
+        if self.max_label_length is not None and len(label) > self.max_label_length:
+            raise CorruptRecordError(key, f"label longer than {self.max_label_length}")
+        return label
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.num_samples:
+            raise IndexError(f"{self.path}: index {index} out of range [0, {self.num_samples})")
+        for offset in range(self.num_samples):
+            current = (index + offset) % self.num_samples
+            try:
+                hr, lr, label = self._load(current)
+                break
+            except CorruptRecordError as error:
+                if self.on_corrupt == "raise":
+                    raise CorruptRecordError(error.key, f"{self.path}: {error.reason}") from None
+                if error.key not in self.skipped_keys:
+                    self.skipped_keys.add(error.key)
+                    warnings.warn(f"{self.path}: skipping {error.key} ({error.reason})", stacklevel=2)
+        else:
+            raise RuntimeError(f"{self.path}: no readable pair in {self.num_samples} samples")
+        return {
+            "hr": image_to_tensor(resize_bicubic(hr, self.hr_size), self.mask),
+            "lr": image_to_tensor(resize_bicubic(lr, self.lr_size), self.mask),
+            "label": label,
+            "index": current,
+        }
+
+
+class TextZoomLMDB(TextPairDataset):
+    """One TextZoom (or STR) LMDB as a dataset of `{"hr", "lr", "label", "index"}` dicts.
+
+    The environment is opened lazily in each process (DataLoader worker), so the dataset pickles cleanly. Sizes are
+    (H, W); both images are resized with PIL bicubic as the official collate does. A record that cannot be decoded
+    (or whose filtered label is longer than `max_label_length`) is skipped in favour of the next valid one, with a
+    warning naming its key, unless `on_corrupt="raise"`.
+
+    `lr_from_hr` ignores the LR record and makes LR by resizing the HR image to `lr_size`: the protocol of papers
+    that down-sample clean images (TextSR's "4x down-sampled from the original images", its Table 1 input sizes).
+    `label_filter` is the `filter_text` level applied to labels at load time ('all' for TextZoom, 'unicode' for data
+    in other scripts: see `charset.TEXT_PROTOCOLS`).
+    """
+
+    def __init__(self, path: str | os.PathLike, **options: Any) -> None:
+        super().__init__(path, **options)
         with _process_env(self.path).begin(write=False) as txn:
             self.num_samples = read_num_samples(txn, self.path)
             self.paired = txn.get(_key("image_hr", 1)) is not None or txn.get(_key("image", 1)) is None
         self._env: lmdb.Environment | None = None
         self._env_pid: int | None = None
-
-    def __len__(self) -> int:
-        return self.num_samples
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
@@ -222,46 +267,21 @@ class TextZoomLMDB(Dataset):
         except OSError as error:
             raise CorruptRecordError(key.decode(), str(error)) from None
 
-    def _load(self, txn: lmdb.Transaction, index: int) -> tuple[np.ndarray, np.ndarray, str]:
+    def _load(self, index: int) -> tuple[np.ndarray, np.ndarray, str]:
         """Decoded (hr, lr, filtered label) of 0-based `index`; raises CorruptRecordError naming the bad key."""
         number = index + 1
         label_key = _key("label", number)
-        raw_label = txn.get(label_key)
-        if raw_label is None:
-            raise CorruptRecordError(label_key.decode(), "record missing")
-        label = filter_text(raw_label.decode("utf-8", errors="replace"), self.label_filter)
-        if self.max_label_length is not None and len(label) > self.max_label_length:
-            raise CorruptRecordError(label_key.decode(), f"label longer than {self.max_label_length}")
-        hr = self._decode(txn, "image_hr" if self.paired else "image", number)
-        lr = self._decode(txn, "image_lr", number) if self.paired and not self.lr_from_hr else hr
-        return hr, lr, label
-
-    def __getitem__(self, index: int) -> dict:
-        if not 0 <= index < self.num_samples:
-            raise IndexError(f"{self.path}: index {index} out of range [0, {self.num_samples})")
         txn = self._txn()
         try:
-            for offset in range(self.num_samples):
-                current = (index + offset) % self.num_samples
-                try:
-                    hr, lr, label = self._load(txn, current)
-                    break
-                except CorruptRecordError as error:
-                    if self.on_corrupt == "raise":
-                        raise CorruptRecordError(error.key, f"{self.path}: {error.reason}") from None
-                    if error.key not in self.skipped_keys:
-                        self.skipped_keys.add(error.key)
-                        warnings.warn(f"{self.path}: skipping record {error.key} ({error.reason})", stacklevel=2)
-            else:
-                raise RuntimeError(f"{self.path}: no readable record in {self.num_samples} samples")
+            raw_label = txn.get(label_key)
+            if raw_label is None:
+                raise CorruptRecordError(label_key.decode(), "record missing")
+            label = self._checked_label(raw_label.decode("utf-8", errors="replace"), label_key.decode())
+            hr = self._decode(txn, "image_hr" if self.paired else "image", number)
+            lr = self._decode(txn, "image_lr", number) if self.paired and not self.lr_from_hr else hr
         finally:
             txn.abort()
-        return {
-            "hr": image_to_tensor(resize_bicubic(hr, self.hr_size), self.mask),
-            "lr": image_to_tensor(resize_bicubic(lr, self.lr_size), self.mask),
-            "label": label,
-            "index": current,
-        }
+        return hr, lr, label
 
 
 def encode_image(image: Image.Image | bytes, image_format: str = "PNG") -> bytes:
