@@ -187,3 +187,19 @@ def test_reader_characters_map_to_the_text_encoders_alphabet_as_difftsr_does():
                      text_encoder=MoMTextTransformer(vocab_size=3, max_seq_len=8, dim=32, depth=1, heads=2,
                                                      dim_head=16),
                      text_encoder_charset="xba", text_encoder_trainable=True, max_text_length=8)
+
+
+def test_checkpoints_leave_out_the_frozen_autoencoder_and_restore_it_from_the_system(tmp_path):
+    from stisr_lightning.models.autoencoders.vq_f4 import VQModelTorch
+
+    torch.manual_seed(0)
+    generator = TextResShift(UNetModelSwin(**TINY_UNET), autoencoder=VQModelTorch(ch=32, ch_mult=(1, 1),
+                                                                                num_res_blocks=1, n_embed=64))
+    system = TextResShiftSystem(generator, LossMix({"l1": PixelL1()}))
+    checkpoint = {"state_dict": system.state_dict()}
+    system.on_save_checkpoint(checkpoint)
+    kept = checkpoint["state_dict"]
+    assert not any(key.startswith("generator.autoencoder.") for key in kept)
+    assert any(key.startswith("generator.denoiser.") for key in kept)
+    system.on_load_checkpoint(checkpoint)
+    assert set(checkpoint["state_dict"]) == set(system.state_dict())

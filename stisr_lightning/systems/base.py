@@ -282,18 +282,17 @@ class STISRSystem(LightningModule):
 
     # ----------------------------------------------------------------------------------------------- checkpoints
     def _frozen_prefixes(self) -> tuple[str, ...]:
-        """Every frozen recognizer in the system: evaluators, and those held by loss terms (text-focus, L_joint)."""
-        return tuple(
-            f"{name}." for name, module in self.named_modules() if isinstance(module, Recognizer) and module.frozen
-        )
+        """Every module marked `frozen`: recognizers (evaluators, and those held by loss terms: text-focus, L_joint)
+        and a generator's fixed parts built from official files (TextResShift's autoencoder and MoM)."""
+        return tuple(f"{name}." for name, module in self.named_modules() if getattr(module, "frozen", False) is True)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Frozen recognizers come from packages or official files; keeping them out makes checkpoints small."""
+        """Frozen modules come from packages or official files; keeping them out makes checkpoints small."""
         prefixes = self._frozen_prefixes()
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith(prefixes)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Frozen recognizers are restored from the system itself; the step of the loaded weights is kept for
+        """Frozen modules are restored from the system itself; the step of the loaded weights is kept for
         results.json (a test after fit runs on the best checkpoint, not on the last step)."""
         self.loaded_checkpoint_step = checkpoint.get("global_step")
         prefixes = self._frozen_prefixes()

@@ -103,11 +103,13 @@ class TextResShift(nn.Module):
                     denoiser_weights, autoencoder_weights, reader_weights, text_encoder_weights)
         self.denoiser = denoiser
         self.autoencoder = (autoencoder or IdentityAutoencoder()).requires_grad_(False).eval()
+        self.autoencoder.frozen = True  # from its official file: kept out of checkpoints (STISRSystem)
         self.reader = reader.freeze() if reader is not None else None
         self.text_encoder = text_encoder
         self.text_encoder_trainable = text_encoder_trainable
         if text_encoder is not None and not text_encoder_trainable:
             text_encoder.requires_grad_(False).eval()
+            text_encoder.frozen = True
         self.confidence = confidence
         self.scale_factor = scale_factor
         self.max_text_length = max_text_length
