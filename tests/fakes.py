@@ -66,8 +66,9 @@ def tiny_run_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-def run_command(module: str, *args: str) -> subprocess.CompletedProcess:
-    """`python -m module args` from the repository, as a user runs it (DDP tests need real processes)."""
-    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(REPO / "tests"))
+def run_command(module: str, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args` from the repository, as a user runs it (DDP tests need real processes); `env` adds
+    variables."""
+    env = dict(os.environ, WANDB_MODE="disabled", PYTHONPATH=str(REPO / "tests"), **(env or {}))
     return subprocess.run([sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=600, check=False)

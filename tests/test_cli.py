@@ -66,6 +66,36 @@ def test_unknown_config_key_is_a_one_line_error(tmp_path):
         "(stisr-train fit --help for usage)"]
 
 
+def test_a_class_that_cannot_be_imported_is_named_in_the_one_line_error():
+    from stisr_lightning.cli.parsing import summarize_jsonargparse_error
+
+    # jsonargparse's message when a config names a reader whose package is missing (seen on a GPU machine)
+    message = """Parser key "model":
+  Does not validate against any of the Union subtypes
+  Subtypes: [<class 'lightning.pytorch.core.module.LightningModule'>, <class 'NoneType'>]
+  Errors:
+    - Problem with given class_path 'stisr_lightning.systems.base.STISRSystem':
+        Parser key "recognizers":
+          Does not validate against any of the Union subtypes
+          Errors:
+            - Problem with given class_path 'stisr_lightning.models.recognizers.ppocr.PPOCRRecognizer':
+                No module named 'onnx2torch'
+            - Expected a <class 'NoneType'>
+          Given value type: <class 'dict'>
+    - Expected a <class 'NoneType'>
+  Given value type: <class 'dict'>"""
+    assert summarize_jsonargparse_error(message) == 'Parser key "model": No module named \'onnx2torch\''
+
+
+def test_stisr_traceback_shows_the_whole_parser_message(tmp_path):
+    result = run_command("stisr_lightning.cli.train", "fit", "--config", "experiments/srcnn.yaml",
+                         "--model.init_args.bogus_switch=1", f"--trainer.default_root_dir={tmp_path}",
+                         env={"STISR_TRACEBACK": "1"})
+    assert result.returncode == 2
+    assert "Given value: NestedArg(key='bogus_switch', val='1')" in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("stisr-train fit: error: Parser key")
+
+
 @pytest.mark.parametrize("module, argv, expected", [
     ("stisr_lightning.cli.compare", [], "stisr-compare: error: the following arguments are required: runs "
                                         "(stisr-compare --help for usage)"),

@@ -74,6 +74,30 @@ def test_recognition_loss_is_the_frozen_readers_ctc_and_teaches_the_image():
     assert losses[-1] < 0.5 * losses[0]
 
 
+def test_a_frozen_reader_inside_a_training_system_keeps_eval_mode_but_its_rnns_can_run_backward_on_cudnn():
+    from stisr_lightning.losses.recognition import RecognitionLoss
+    from stisr_lightning.models.recognizers.easyocr_crnn import EasyOCRCRNN
+
+    torch.manual_seed(0)
+    system = torch.nn.ModuleDict({"recognition": RecognitionLoss(EasyOCRCRNN())})
+    reader = system["recognition"].recognizer
+    images = torch.rand(2, 3, 32, 128)
+    rnns = [m for m in reader.modules() if isinstance(m, torch.nn.RNNBase)]
+    others = [m for m in reader.modules() if not isinstance(m, torch.nn.RNNBase) and m is not reader]
+    # cuDNN refuses backward through an RNN in eval mode ("can only be called in training mode"). Lightning keeps the
+    # modes it finds at fit start, so the frozen reader must leave freeze() that way, not only after a train() call.
+    for _ in ("after freeze", "after train()"):
+        assert rnns and all(m.training for m in rnns)
+        assert not reader.training and not any(m.training for m in others)  # batch norm keeps its running statistics
+        system.train()
+    with torch.no_grad():
+        trained_mode = reader(images).logits
+    system.eval()
+    assert not any(m.training for m in reader.modules())
+    with torch.no_grad():
+        assert torch.equal(reader(images).logits, trained_mode)
+
+
 def test_pixel_l1_reads_rgb_only():
     sr, hr = torch.zeros(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)
     sr[:, 0, 0, 0], sr[:, 3] = 0.6, 1.0  # the mask channel differs everywhere and is ignored

@@ -32,7 +32,9 @@ def summarize_jsonargparse_error(message: str) -> str:
     if not lines:
         return message
     head = lines[0]
-    for pattern in (r"Option '.*' is not accepted", r"does not exist", r"Expected a", r"[Nn]ot a valid", r"[Ii]nvalid"):
+    lines = [line for line in lines if "Expected a <class 'NoneType'>" not in line]  # Optional's other branch
+    for pattern in (r"Option '.*' is not accepted", r"does not exist", r"No module named", r"cannot import name",
+                    r"Expected a", r"[Nn]ot a valid", r"[Ii]nvalid"):
         cause = next((line for line in lines if re.search(pattern, line)), None)
         if cause is not None:
             return head if cause == head else f"{head} {cause}"
@@ -40,12 +42,15 @@ def summarize_jsonargparse_error(message: str) -> str:
 
 
 class OneLineLightningParser(LightningArgumentParser):
-    """stisr-train's parser: jsonargparse's error (usage block, then a nested message) as one line."""
+    """stisr-train's parser: jsonargparse's error (usage block, then a nested message) as one line; STISR_TRACEBACK=1
+    writes the whole nested message first."""
 
     def error(self, message: str, ex: Exception | None = None) -> NoReturn:
         if not self.exit_on_error:
             JsonArgumentParser.error(self, message, ex)
         prog = self.prog.replace(" [options]", "")
+        if os.environ.get("STISR_TRACEBACK"):
+            sys.stderr.write(f"{message}\n")
         sys.stderr.write(f"{prog}: error: {summarize_jsonargparse_error(message)} ({prog} --help for usage)\n")
         sys.exit(2)
 

@@ -46,16 +46,23 @@ class Recognizer(nn.Module):
         raise NotImplementedError
 
     def freeze(self) -> Recognizer:
-        """Exclude from training: eval mode (BN/dropout fixed) and no gradients to its own weights."""
-        self.eval()
+        """Exclude from training: eval mode (BN/dropout fixed; RNN layers without dropout excepted, see `train`) and
+        no gradients to its own weights. Lightning keeps each module's mode as it finds it at fit start."""
         for param in self.parameters():
             param.requires_grad_(False)
         self.frozen = True
-        return self
+        return self.train()
 
     def train(self, mode: bool = True) -> Recognizer:
-        # A frozen recognizer stays in eval mode even when the system around it is set to train().
-        return super().train(mode and not self.frozen)
+        """A frozen recognizer stays in eval mode when the system around it is set to train(), except its recurrent
+        layers without dropout: they compute the same in either mode, and cuDNN runs backward through an RNN only in
+        training mode, which a recognition loss needs to reach the SR image through the frozen reader on a GPU."""
+        super().train(mode and not self.frozen)
+        if mode and self.frozen:
+            for module in self.modules():
+                if isinstance(module, nn.RNNBase) and module.dropout == 0:
+                    module.train()
+        return self
 
 
 class TorchRecognizer(Recognizer):
