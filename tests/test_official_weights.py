@@ -35,7 +35,7 @@ from stisr_lightning.weights import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-FULL_SWEEPS = ["comparisons/lemma_textzoom", "ablations/lemma", "ablations/textdiff", "ablations/textsr",
+FULL_SWEEPS = ["comparisons/lemma_textzoom", "ablations/lemma", "ablations/textdiff", "ablations/textsr", "ablations/text_resshift",
                "ablations/edsr_cdistnet"]
 
 

@@ -143,6 +143,32 @@ def test_textsr_tables_test_the_trained_cells_at_five_input_sizes(expansions):
     assert expansions(path, "full").data_dir is None
 
 
+def test_text_resshift_x4_rows_read_the_lr_size_of_each_presets_data(expansions):
+    path = REPO / "sweeps" / "ablations" / "text_resshift.yaml"
+    for preset, lr_size, x2_lr, fid in (("tiny", "[8, 32]", None, "test/synthetic/easy/fid"),
+                                        ("full", "[32, 128]", [64, 256], "test/ctr-tsr/test/fid")):
+        expansion = expansions(path, preset)
+        x4 = expansion.cells[expansion.by_row[("T2", "w/o confidence score")][0]].overrides
+        assert x4["data.lr_size"] == lr_size and x4["data.lr_from_hr"] is True
+        x2 = expansion.cells[expansion.by_row[("T1-x2", "Ours")][0]].overrides
+        assert x2.get("data.lr_size") == x2_lr
+        spec = load_spec(path)
+        table = next(t for t in spec.tables if t.id == "T1-x4")
+        assert [c.metric.format_map(spec.presets[preset].vars) for c in table.columns][2] == fid
+
+
+def test_override_placeholders_take_the_presets_vars(sweep_dir, resolver, tmp_path):
+    spec_dict = minimal(vars={"rate": "0.5"})
+    spec_dict["presets"]["other"] = {"vars": {"rate": "0.25"}}
+    spec_dict["tables"][0]["rows"][1]["overrides"] = {"model.init_args.lr": "{rate}", "trainer.default_root_dir": "{x}"}
+    spec = load_spec(write(sweep_dir, spec_dict))
+    for preset, rate in (("tiny", 0.5), ("other", 0.25)):
+        expansion = Expander(spec, spec.presets[preset], tmp_path, resolver).expand()
+        cell = expansion.cells[expansion.by_row[("T1", "b")][0]]
+        assert cell.overrides["model.init_args.lr"] == str(rate)
+        assert cell.overrides["trainer.default_root_dir"] == "{x}"  # not a var: left as written
+
+
 def test_identical_cells_are_deduplicated_across_tables(sweep_dir, resolver, tmp_path):
     second = {"id": "T2", "base": "srcnn.yaml", "columns": minimal()["tables"][0]["columns"],
               "rows": [{"name": "same as a"}, {"name": "lr 0.5 too", "overrides": {"model.init_args.lr": 0.5}},

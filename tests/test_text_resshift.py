@@ -113,6 +113,9 @@ def test_inconsistent_text_settings_are_one_line_errors():
     small = MoMTextTransformer(vocab_size=2, max_seq_len=8, dim=32, depth=1, heads=2, dim_head=16)
     with pytest.raises(ValueError, match="vocab_size 2 has no token 2"):
         TextResShift(denoiser, reader=StripeReader(), text_encoder=small, max_text_length=8)
+    for part in ("reader", "text_encoder"):  # the full preset's 'w/o cross-attention' row nulls the files too
+        with pytest.raises(ValueError, match=f"{part}_weights 'official:x.pth' given but {part} is null"):
+            TextResShift(UNetModelSwin(**TINY_UNET), **{f"{part}_weights": "official:x.pth"})
 
 
 def test_system_trains_on_progressive_sources_and_lowers_l1():

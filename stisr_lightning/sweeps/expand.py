@@ -86,6 +86,19 @@ def format_value(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def fill_vars(value: Any, variables: dict[str, str]) -> Any:
+    """A row override with `{name}` placeholders for the preset's vars filled in (strings, also inside lists and
+    mappings), as column metrics are: one row can then mean `[8, 32]` on synthetic data and `[32, 128]` on the
+    paper's. The filled string goes to jsonargparse as YAML, so a var `"[8, 32]"` is a list. Unknown names stay."""
+    if isinstance(value, str):
+        return re.sub(r"\{(\w+)\}", lambda match: variables.get(match.group(1), match.group(0)), value)
+    if isinstance(value, dict):
+        return {key: fill_vars(item, variables) for key, item in value.items()}
+    if isinstance(value, list):
+        return [fill_vars(item, variables) for item in value]
+    return value
+
+
 def synthetic_dir(out_dir: Path, preset: Preset) -> Path | None:
     data = preset.synthetic
     if data is None:
@@ -253,9 +266,10 @@ class Expander:
         return chosen
 
     def _overrides(self, table: Table, row: Row) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The row's own overrides and the preset data's (train_dirs, test_sets)."""
+        """The row's own overrides (the preset's vars filled in) and the preset data's (train_dirs, test_sets)."""
         data = self.data_overrides(table, row)  # a row's test sets are relocated into the preset's data
-        return {k: v for k, v in row.overrides.items() if not (data and k == "data.test_sets")}, data
+        own = {k: v for k, v in row.overrides.items() if not (data and k == "data.test_sets")}
+        return fill_vars(own, self.preset.vars), data
 
     def _cells(self, table: Table, row: Row, seeds: list[int], by_row: dict[tuple[str, str], list[str]]) -> list[Cell]:
         row_overrides, data = self._overrides(table, row)

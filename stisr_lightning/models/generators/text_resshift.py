@@ -195,6 +195,9 @@ def _load_parts(denoiser: UNetModelSwin, autoencoder: nn.Module | None, reader: 
                 autoencoder_weights: str | None, reader_weights: str | None, text_encoder_weights: str | None) -> None:
     """Each official file into its part; a frozen part left at its random init is reported (an error under strict
     weights: the `full` preset)."""
+    for part, weights, name in ((reader, reader_weights, "reader"), (text_encoder, text_encoder_weights, "text_encoder")):
+        if weights and part is None:
+            raise ValueError(f"TextResShift: {name}_weights {weights!r} given but {name} is null")
     if denoiser_weights:
         denoiser.load_resshift_state_dict(extract_state_dict(read_checkpoint(denoiser_weights), "denoiser."),
                                           denoiser_weights)
