@@ -78,7 +78,7 @@ def test_cells_logging_to_wandb_get_group_tags_and_name(tmp_path, resolver):
     assert tracked[1].cell_id == "b-s1" and tracked[1].config_hash == "b"
     init_args = resolver.resolve("fit", base, tracked[1].overrides)["trainer"]["logger"]["init_args"]
     assert (init_args["group"], init_args["name"], init_args["job_type"]) == ("abl-small", "b-s1", "train")
-    assert init_args["tags"] == ["paper:lemma", "table:T1", "table:T4", "preset:small"]
+    assert init_args["tags"] == ["paper:lemma", "table:T1", "table:T4", "preset:small", "row:T1/y", "row:T4/y"]
     assert tracked[1].overrides["trainer.max_steps"] == 3
     assert tracked[2].overrides["trainer.logger.init_args.job_type"] == "eval"
     argv = tracked[1].argv(tmp_path)

@@ -25,6 +25,8 @@ from stisr_lightning.data.charset import filter_text
 from stisr_lightning.metrics.evaluation import KeptSamples, TestReport
 
 IMAGE_KINDS = ("lr", "sr", "hr")
+SHEET_KEY = "test/sample_sheet"
+"""W&B key of the sample sheet image (a media panel can show images, not images inside tables)."""
 SampleRow = tuple[str, str, str, dict[str, Path], dict[str, str]]
 """(test set, label, files stem relative to the run, PNG path per image kind, reading per recognizer)"""
 
@@ -90,6 +92,7 @@ class RunSamples(Callback):
 
         logger = loggers[0]
         if rows:
+            logger.log_image(SHEET_KEY, [str(run_dir / "samples" / "sheet.png")])  # the dashboards' sample panels
             data = [[set_name, label, stem] + [wandb.Image(str(files[kind])) for kind in IMAGE_KINDS]
                     + [readings[r] for r in recognizers] for set_name, label, stem, files, readings in rows]
             logger.log_table("test/samples", columns=["test set", "label", "files", "LR", "SR", "HR"] + recognizers,

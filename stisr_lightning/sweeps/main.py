@@ -6,6 +6,7 @@
     stisr-sweep comparisons/lemma_textzoom --emit-slurm sweep.sbatch --workers 8 --storage postgresql://host/db
     stisr-sweep report ablations/lemma --preset tiny            # rebuild the tables from the store
     stisr-sweep export-wandb ablations/lemma --preset small     # W&B sweep configs for `wandb agent`
+    stisr-sweep dashboard ablations/lemma --preset tiny         # W&B report (offline: its definition as JSON)
     stisr-sweep search/lemma_loss_weights --workers 2           # a `search:` file: an optuna study (best.yaml)
 """
 
@@ -43,6 +44,12 @@ def build_parser(report: bool, command: str = "") -> ArgumentParser:
                              "else ./weights; `stisr-data weights check` lists them)")
     if command == "export-wandb":
         parser.add_argument("--to", type=Path, help="W&B sweep config YAML (default <out>/wandb_sweep.yaml)")
+        return parser
+    if command == "dashboard":
+        parser.add_argument("--project", default=DEFAULT_PROJECT, help="W&B project of the sweep's runs")
+        parser.add_argument("--entity", help="W&B entity (online: default the logged-in user's)")
+        parser.add_argument("--to", type=Path, help="offline: the report definition (default <out>/dashboard.json)")
+        parser.add_argument("--overwrite", action="store_true", help="replace an existing definition file")
         return parser
     parser.add_argument("--no-wandb", dest="wandb", action="store_false",
                         help="no W&B grouping of cell runs and no aggregator run with the tables")
@@ -155,6 +162,28 @@ def export_wandb(args: argparse.Namespace) -> int:
     return 0
 
 
+def dashboard(args: argparse.Namespace) -> int:
+    from stisr_lightning.sweeps.dashboard import OFFLINE_ENTITY, build_dashboard, publish
+
+    spec, expander, expansion, out, _ = _setup(args)
+    url = args.storage or default_url(out)
+    stored = args.storage or (out / "store.db").exists()
+    records = CellStore(url).records(expansion.cells) if stored else {}
+    texts = {table_id: text for table_id, (_, text) in write_tables(spec, expander.preset, expansion, records,
+                                                                     out).items()} if records else {}
+    online = os.environ.get("WANDB_MODE") == "online"
+    entity = args.entity or (None if online else OFFLINE_ENTITY)
+    report = build_dashboard(spec, args.preset, expansion, texts, args.project, **({"entity": entity} if entity else {}))
+    target = args.to or out / "dashboard.json"
+    if args.overwrite and not online:
+        target.unlink(missing_ok=True)
+    where = publish(report, target)
+    print(f"W&B report: {where}" if online else
+          f"wrote {where} (offline); to create it in W&B: wandb sync the runs, then WANDB_MODE=online "
+          f"stisr-sweep dashboard {args.spec} --preset {args.preset}")
+    return 0
+
+
 def log_to_wandb(spec: SweepSpec, preset: str, expansion: Expansion, store: CellStore, out: Path, project: str) -> None:
     folder = log_aggregate(spec, preset, expansion, store, out, project)
     if folder is not None and os.environ.get("WANDB_MODE") == "offline":
@@ -163,7 +192,7 @@ def log_to_wandb(spec: SweepSpec, preset: str, expansion: Expansion, store: Cell
 
 
 def run(argv: list[str]) -> int:
-    command = argv[0] if argv and argv[0] in ("report", "export-wandb") else ""
+    command = argv[0] if argv and argv[0] in ("report", "export-wandb", "dashboard") else ""
     report = command == "report"
     args = build_parser(report, command).parse_args(argv[1:] if command else argv)
     default_offline()
@@ -171,6 +200,8 @@ def run(argv: list[str]) -> int:
         os.environ[WEIGHTS_DIR_ENV] = str(args.weights_dir.resolve())
     if command == "export-wandb":
         return export_wandb(args)
+    if command == "dashboard":
+        return dashboard(args)
     from stisr_lightning.sweeps.search import is_search_file, run_search  # optuna only for search files
 
     if is_search_file(args.spec):  # a `search:` block runs an optuna study instead of table cells

@@ -38,9 +38,15 @@ def sweep_group(spec: SweepSpec, preset: str) -> str:
     return f"{spec.name}-{preset}"
 
 
+def row_tag(table: str, row: str) -> str:
+    """The tag that puts a cell's run in a row's run set of the sweep dashboard (W&B tags hold 64 characters)."""
+    return f"row:{table}/{row}"[:64]
+
+
 def cell_tags(spec: SweepSpec, preset: str, cell: Cell) -> list[str]:
     tables = dict.fromkeys(table for table, _ in cell.members)
-    return [f"paper:{spec.paper}", *(f"table:{table}" for table in tables), f"preset:{preset}"]
+    return [f"paper:{spec.paper}", *(f"table:{table}" for table in tables), f"preset:{preset}",
+            *(row_tag(table, row) for table, row in cell.members)]
 
 
 def _is_wandb(logger: Any) -> bool:

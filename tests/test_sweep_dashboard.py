@@ -1,0 +1,49 @@
+import json
+import os
+
+import pytest
+
+from stisr_lightning.sweeps.dashboard import build_dashboard
+from stisr_lightning.sweeps.expand import Expander
+from stisr_lightning.sweeps.main import run
+from stisr_lightning.sweeps.spec import load_spec
+from stisr_lightning.sweeps.wandb_io import row_tag
+
+os.environ["WANDB_MODE"] = "disabled"
+
+
+def test_lemma_tiny_dashboard_has_a_section_per_table_with_its_panels_and_run_filters(resolver, tmp_path):
+    spec = load_spec("ablations/lemma")
+    expansion = Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand()
+    report = build_dashboard(spec, "tiny", expansion, {"T1": "| Method | Easy |"}, "proj", "me")
+    assert (report.project, report.entity) == ("proj", "me")
+    headings = [block.text for block in report.blocks if type(block).__name__ == "H2"]
+    tables = [table for table in spec.tables if any(key[0] == table.id for key in expansion.by_row)]
+    assert headings == [f"{table.id}: {table.title}" for table in tables]
+    grids = [block for block in report.blocks if type(block).__name__ == "PanelGrid"]
+    assert len(grids) == len(tables)
+    for table, grid in zip(tables, grids):
+        rows = [row.name for row in table.rows if (table.id, row.name) in expansion.by_row]
+        assert [runset.name for runset in grid.runsets] == rows
+        assert grid.runsets[0].filters == (f"Group = 'lemma_ablations-tiny' and "
+                                           f"Tags in ['{row_tag(table.id, rows[0])}']")
+        kinds = [type(panel).__name__ for panel in grid.panels]
+        assert kinds == ["BarPlot"] * len(table.columns) + ["LinePlot"] * 3 + ["MediaBrowser"]
+        metrics = [panel.metrics[0] for panel in grid.panels[:len(table.columns)]]
+        assert metrics == [spec.metric(column, spec.presets["tiny"]) for column in table.columns]
+        assert grid.panels[-1].media_keys == ["test/sample_sheet"]
+    texts = [block.text for block in report.blocks if type(block).__name__ == "MarkdownBlock"]
+    assert texts[0] == "| Method | Easy |" and texts[1].startswith("(no results yet")
+
+
+def test_dashboard_command_writes_the_definition_offline_and_refuses_to_overwrite(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "sweep"
+    assert run(["dashboard", "ablations/edsr_cdistnet", "--preset", "tiny", "--out", str(out)]) == 0
+    definition = json.loads((out / "dashboard.json").read_text())
+    assert definition["type"] == "Report" and definition["entity"] == "offline"
+    assert [block["type"] for block in definition["blocks"]][:4] == ["P", "H2", "MarkdownBlock", "PanelGrid"]
+    assert "wandb sync" in capsys.readouterr().out
+    with pytest.raises(FileExistsError, match="dashboard.json: already exists"):
+        run(["dashboard", "ablations/edsr_cdistnet", "--preset", "tiny", "--out", str(out)])
+    assert run(["dashboard", "ablations/edsr_cdistnet", "--preset", "tiny", "--out", str(out), "--overwrite"]) == 0
