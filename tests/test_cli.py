@@ -145,6 +145,8 @@ def test_offline_wandb_run_lives_in_the_run_folder_with_its_sample_images(tiny_t
         for kind, size in (("lr", (64, 16)), ("sr", (128, 32)), ("hr", (128, 32))):
             assert Image.open(run_dir / f"{row[files]}-{kind}.png").size == size
     assert Image.open(run_dir / "samples" / "sheet.png").size == (3 * 132 + 4, 10 * (32 + 2 * 12 + 6) + 4)
+    (sheet,) = (wandb_run / "files" / "media" / "images" / "test").glob("sample_sheet_*.png")  # the dashboards' panel
+    assert Image.open(sheet).size == Image.open(run_dir / "samples" / "sheet.png").size
 
 
 def test_ddp_evaluation_equals_single_process(tiny_textzoom, tmp_path):
