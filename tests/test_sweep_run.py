@@ -8,7 +8,9 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from stisr_lightning.sweeps.expand import Cell, Expansion
 from stisr_lightning.sweeps.run import SweepRunner, worker_env
@@ -164,6 +166,9 @@ def test_tables_have_paper_layout_reference_and_difference(tmp_path):
     assert "ASTER Easy paper" in (tmp_path / "tables" / "T3.csv").read_text().splitlines()[0]
     assert r"60.0 $\pm$ 14.1" in (tmp_path / "tables" / "T3.tex").read_text()
     assert set(written) == {"T3"}
+    picture = np.asarray(Image.open(tmp_path / "tables" / "T3.png").convert("RGB"))  # ours vs paper bars
+    colours = {tuple(pixel) for pixel in picture.reshape(-1, 3)[::7]}
+    assert picture.shape[1] >= 720 and len(colours) > 20
 
 
 @pytest.mark.slow

@@ -1,0 +1,113 @@
+"""Pictures of sweep results, shared by `stisr-sweep` (a PNG per table beside its CSV) and notebooks/results.ipynb:
+ours vs the paper per table, accuracy vs PSNR over cells, metrics vs sampling steps."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+Stats = dict[str, dict[str, pd.Series]]
+"""column label -> stat (ours / std / paper / diff) -> values by row name"""
+STEPS = re.compile(r"steps?\s*[=:]?\s*(\d+)|(\d+)\s*steps?", re.IGNORECASE)  # "steps=20", "20 steps"
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on servers and CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def table_stats(flat: pd.DataFrame) -> tuple[list[str], Stats]:
+    """Rows and per-column stats of a flat numeric table (columns `<group> <column> <stat>`, as in tables/<id>.csv)."""
+    stats: Stats = {}
+    for name in flat.columns:
+        label, _, stat = str(name).rpartition(" ")
+        stats.setdefault(label, {})[stat] = flat[name]
+    return flat.index.tolist(), stats
+
+
+def read_table(path: str | Path) -> tuple[list[str], Stats]:
+    return table_stats(pd.read_csv(path, index_col=0))
+
+
+def plot_table(table_id: str, rows: list[str], stats: Stats, path: Path) -> Path:
+    """Grouped bars per column: each row's number (solid) beside the paper's (hatched, same colour)."""
+    plt = _pyplot()
+    labels = list(stats)
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * max(1, len(rows)) ** 0.5), 4))
+    width = 0.8 / max(1, len(rows))
+    for i, row in enumerate(rows):
+        x = np.arange(len(labels)) + (i - (len(rows) - 1) / 2) * width
+        ours = [stats[label]["ours"].loc[row] for label in labels]
+        bars = ax.bar(x - width / 4, ours, width / 2, label=f"{row} (ours)")
+        if any("paper" in stats[label] for label in labels):
+            paper = [stats[label].get("paper", pd.Series(dtype=float)).get(row, np.nan) for label in labels]
+            ax.bar(x + width / 4, paper, width / 2, color=bars[0].get_facecolor(), alpha=0.35, hatch="//",
+                   label=f"{row} (paper)")
+    ax.set_xticks(np.arange(len(labels)), labels, rotation=45, ha="right", fontsize=8)
+    ax.set_title(f"Table {table_id}: ours (solid) vs paper (hatched)")
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_accuracy_vs_psnr(metrics: pd.DataFrame, names: pd.Series, path: Path) -> Path:
+    """Every cell's average word accuracy against its average PSNR, one marker per (dataset, reader)."""
+    plt = _pyplot()
+    accuracy = [m.groups() for m in map(re.compile(r"test/(.+)/average/([^/]+)/acc$").match, metrics.columns) if m]
+    psnr = {m.group(1) for m in map(re.compile(r"test/(.+)/average/psnr$").match, metrics.columns) if m}
+    pairs = [(dataset, reader) for dataset, reader in accuracy if dataset in psnr]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for (dataset, reader), marker in zip(pairs, "osD^v<>px*"):
+        x, y = metrics[f"test/{dataset}/average/psnr"], 100 * metrics[f"test/{dataset}/average/{reader}/acc"]
+        ax.scatter(x, y, marker=marker, label=f"{reader} ({dataset})")
+        for label, xi, yi in zip(names, x, y):
+            ax.annotate(str(label).split("/")[-1], (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.set_xlabel("PSNR (dB)")
+    ax.set_ylabel("word accuracy (%)")
+    ax.set_title("Fidelity vs recognition accuracy (average over subsets)")
+    if pairs:
+        ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def steps_of(name: str) -> int | None:
+    match = STEPS.search(str(name))
+    return int(next(g for g in match.groups() if g)) if match else None
+
+
+def plot_steps(table_id: str, rows: list[str], stats: Stats, path: Path) -> Path | None:
+    """Metrics against sampling steps when a table's rows (or columns) are step counts; None when they are not."""
+    step_labels = {label: steps_of(label) for label in stats if steps_of(label) is not None}
+    step_rows = {row: steps_of(row) for row in rows if steps_of(row) is not None}
+    if len(step_rows) >= 2:  # rows are step counts: one curve per column
+        order = sorted(step_rows, key=step_rows.get)
+        series = {label: [stats[label]["ours"].loc[r] for r in order] for label in stats}
+        xs = [step_rows[r] for r in order]
+    elif len(step_labels) >= 2:  # columns are step counts: one curve per row
+        order = sorted(step_labels, key=step_labels.get)
+        series = {row: [stats[label]["ours"].loc[row] for label in order] for row in rows}
+        xs = [step_labels[label] for label in order]
+    else:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("sampling steps")
+    ax.set_title(f"Table {table_id}: metric vs sampling steps")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _pyplot().close(fig)
+    return path
