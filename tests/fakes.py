@@ -60,7 +60,6 @@ def tiny_run_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
         "--data.batch_size=4",
         "--data.eval_batch_size=3",
         f"--trainer.default_root_dir={run_dir}",
-        "--trainer.enable_progress_bar=false",
         "--trainer.logger=false",
         *extra,
     ]

@@ -57,6 +57,17 @@ def test_config_hash_ignores_where_the_run_lives(tiny_textzoom, tmp_path):
     assert hashes[0] == hashes[1]
 
 
+def test_a_run_logging_to_a_file_prints_one_line_per_validation_and_no_progress_bar(tiny_textzoom, tmp_path):
+    result = run_command("stisr_lightning.cli.train", "fit", "--config", "experiments/srcnn.yaml",
+                         *tiny_args(tiny_textzoom, tmp_path, "--trainer.max_steps=4", "--trainer.val_check_interval=2",
+                                    "--test_after_fit=false"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split(":")[0] for line in lines] == ["step 2", "step 4"]
+    assert "val/psnr" in lines[0] and "val/ssim" in lines[0]
+    assert "it/s]" not in result.stdout + result.stderr  # no progress bar refreshes in the log
+
+
 def test_unknown_config_key_is_a_one_line_error(tmp_path):
     result = run_command("stisr_lightning.cli.train", "fit", "--config", "experiments/srcnn.yaml",
                          "--model.init_args.bogus_switch=1", f"--trainer.default_root_dir={tmp_path}")

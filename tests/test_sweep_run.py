@@ -96,6 +96,21 @@ def test_failed_and_nan_cells_are_recorded_and_the_rest_continue(tmp_path):
     assert starts(tmp_path / "starts.txt") == Counter({"ok-s0": 1, "ok-s1": 1, "bad-s0": 2, "nan-s0": 2})
 
 
+def test_each_finished_cell_prints_the_sweeps_counts_and_an_eta_from_measured_cell_times(tmp_path, capsys,
+                                                                                       monkeypatch):
+    monkeypatch.setenv("FAKE_SLEEP", "1.5")
+    cells = fake_cells([("ok", 0), ("bad", 0), ("ok", 1)])
+    runner = SweepRunner(CellStore(f"sqlite:///{tmp_path}/store.db"), cells, tmp_path,
+                         cell_command=fake_command(tmp_path / "starts.txt"))
+    runner.run()
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(" (")[0] for line in lines] == ["stisr-sweep: ok-s0", "stisr-sweep: bad-s0", "stisr-sweep: ok-s1"]
+    assert "(T/bad) failed in" in lines[1] and "| 1 done, 0 running, 1 failed, 1 pending of 3 | ETA" in lines[1]
+    first, second = runner.summary.run_s[:2]
+    assert lines[1].endswith(f"ETA {(first + second) / 2:.0f} s")  # mean cell time x cells left / workers
+    assert lines[2].endswith("| 2 done, 0 running, 1 failed, 0 pending of 3")  # nothing left: no ETA
+
+
 def test_resume_after_sigkill_reruns_no_finished_cell(tmp_path):
     store = CellStore(f"sqlite:///{tmp_path}/store.db")
     engine = driver(tmp_path, count=8, sleep=0.3)

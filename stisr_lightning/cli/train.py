@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,7 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from lightning.pytorch.cli import LightningCLI
 
+from stisr_lightning.callbacks.progress import ValidationLine
 from stisr_lightning.callbacks.results import ResultsWriter
 from stisr_lightning.callbacks.samples import RunSamples
 from stisr_lightning.cli.parsing import OneLineLightningParser, one_line_errors
@@ -46,7 +48,9 @@ class STISRCLI(LightningCLI):
                 "logger": {"class_path": WANDB_LOGGER, "init_args": {"project": "stisr-lightning", "offline": True}},
                 "use_distributed_sampler": False,
                 "precision": auto_precision()[0],
+                "enable_progress_bar": sys.stderr.isatty(),  # a bar in a log file is a line per refresh
                 "callbacks": [
+                    ValidationLine(),
                     # last.ckpt is a file (a link would name the best one); after fit it holds the final state
                     ModelCheckpoint(monitor="val/psnr", mode="max", filename="best", save_last=True),
                     ResultsWriter(),

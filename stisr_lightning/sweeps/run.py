@@ -19,9 +19,11 @@ import shutil
 import signal
 import socket
 import subprocess
+import statistics
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -111,6 +113,7 @@ class RunSummary:
     interrupted: bool = False
     overhead_s: list[float] = field(default_factory=list)
     reclaimed: list[str] = field(default_factory=list)
+    run_s: list[float] = field(default_factory=list)  # wall time of each cell this engine ran (the ETA's basis)
 
 
 class SweepRunner:
@@ -258,7 +261,21 @@ class SweepRunner:
         status, error, results = self._outcome(returncode, run_dir, log_path)
         self.store.finish(cell.cell_id, worker, status, returncode=returncode, error=error, results=results, run_s=run_s)
         (self.summary.ran if status == DONE else self.summary.failed).append(cell.cell_id)
+        self.summary.run_s.append(run_s)
+        print(self.progress_line(cell, status, run_s), flush=True)
         return run_s
+
+    def progress_line(self, cell: Cell, status: str, run_s: float) -> str:
+        """One line per finished cell: what it was, the sweep's counts, and an ETA from this engine's cell times."""
+        counts = Counter(self.store.statuses(self.cells).values())
+        left = counts[PENDING] + counts[RUNNING]
+        members = ", ".join(f"{table}/{row}" for table, row in cell.members)
+        line = (f"stisr-sweep: {cell.cell_id} ({members}) {status} in {run_s:.1f} s | {counts[DONE]} done, "
+                f"{counts[RUNNING]} running, {counts[FAILED]} failed, {counts[PENDING]} pending of {len(self.cells)}")
+        if left:
+            eta = statistics.mean(self.summary.run_s) * left / self.workers
+            line += f" | ETA {eta:.0f} s" if eta < 120 else f" | ETA {eta / 60:.1f} min"
+        return line
 
     @staticmethod
     def _outcome(returncode: int, run_dir: Path, log_path: Path) -> tuple[str, str | None, dict | None]:
