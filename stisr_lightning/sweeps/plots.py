@@ -3,6 +3,7 @@ ours vs the paper per table, accuracy vs PSNR over cells, metrics vs sampling st
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -37,23 +38,39 @@ def read_table(path: str | Path) -> tuple[list[str], Stats]:
 
 
 def plot_table(table_id: str, rows: list[str], stats: Stats, path: Path) -> Path:
-    """Grouped bars per column: each row's number (solid) beside the paper's (hatched, same colour)."""
+    """One panel per paper column (each on its own scale): a bar per row, ours solid beside the paper's hatched in
+    the same colour; the rows named in a legend beside the panels."""
     plt = _pyplot()
+    from matplotlib.patches import Patch
+
     labels = list(stats)
-    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(labels) * max(1, len(rows)) ** 0.5), 4))
-    width = 0.8 / max(1, len(rows))
-    for i, row in enumerate(rows):
-        x = np.arange(len(labels)) + (i - (len(rows) - 1) / 2) * width
-        ours = [stats[label]["ours"].loc[row] for label in labels]
-        bars = ax.bar(x - width / 4, ours, width / 2, label=f"{row} (ours)")
-        if any("paper" in stats[label] for label in labels):
-            paper = [stats[label].get("paper", pd.Series(dtype=float)).get(row, np.nan) for label in labels]
-            ax.bar(x + width / 4, paper, width / 2, color=bars[0].get_facecolor(), alpha=0.35, hatch="//",
-                   label=f"{row} (paper)")
-    ax.set_xticks(np.arange(len(labels)), labels, rotation=45, ha="right", fontsize=8)
-    ax.set_title(f"Table {table_id}: ours (solid) vs paper (hatched)")
-    ax.legend(fontsize=7, ncol=2)
-    return _save(fig, path)
+    per_line = min(4, len(labels))
+    lines = math.ceil(len(labels) / per_line)
+    fig, axes = plt.subplots(lines, per_line, figsize=(2.6 * per_line + 3.5, 2.4 * lines + 0.6), squeeze=False)
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    colours = [palette[i % len(palette)] for i in range(len(rows))]
+    x = np.arange(len(rows))
+    with_paper = any("paper" in stats[label] for label in labels)
+    for ax, label in zip(axes.flat, labels):
+        ours = [stats[label]["ours"].get(row, np.nan) for row in rows]
+        ax.bar(x - 0.2 if with_paper else x, ours, 0.4 if with_paper else 0.7, color=colours)
+        if with_paper:
+            paper = stats[label].get("paper", pd.Series(dtype=float))
+            ax.bar(x + 0.2, [paper.get(row, np.nan) for row in rows], 0.4, color=colours, alpha=0.35, hatch="//")
+        ax.set_title(label, fontsize=9)
+        ax.set_xticks([])
+        ax.tick_params(labelsize=8)
+    for ax in axes.flat[len(labels):]:
+        ax.axis("off")
+    handles = [Patch(color=colour, label=row) for colour, row in zip(colours, rows)]
+    if with_paper:
+        handles.append(Patch(facecolor="white", edgecolor="black", hatch="//", label="the paper (hatched)"))
+    fig.legend(handles=handles, fontsize=7, loc="center left", bbox_to_anchor=(1 - 3.4 / fig.get_figwidth(), 0.5))
+    fig.suptitle(f"Table {table_id}: ours (solid) vs the paper (hatched)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1 - 3.5 / fig.get_figwidth(), 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
 
 
 def plot_accuracy_vs_psnr(metrics: pd.DataFrame, names: pd.Series, path: Path) -> Path:
