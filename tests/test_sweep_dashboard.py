@@ -47,3 +47,20 @@ def test_dashboard_command_writes_the_definition_offline_and_refuses_to_overwrit
     with pytest.raises(FileExistsError, match="dashboard.json: already exists"):
         run(["dashboard", "ablations/edsr_cdistnet", "--preset", "tiny", "--out", str(out)])
     assert run(["dashboard", "ablations/edsr_cdistnet", "--preset", "tiny", "--out", str(out), "--overwrite"]) == 0
+
+
+def test_search_dashboard_shows_the_trials_params_objective_and_importance(tmp_path, monkeypatch):
+    from stisr_lightning.sweeps.dashboard import build_search_dashboard
+    from stisr_lightning.sweeps.search import load_search_spec
+
+    spec = load_search_spec("search/lemma_loss_weights")
+    report = build_search_dashboard(spec, "tiny", "| trial | value |", "proj", "me")
+    (grid,) = [block for block in report.blocks if type(block).__name__ == "PanelGrid"]
+    assert grid.runsets[0].filters == "Group = 'lemma-loss-weights-tiny'"
+    coordinates, importance = grid.panels[:2]
+    names = [column.metric.name for column in coordinates.columns]
+    assert names == [*spec.searches["tiny"].params, "test/synthetic/average/easyocr-crnn/acc"]
+    assert importance.with_respect_to == "test/synthetic/average/easyocr-crnn/acc"
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert run(["dashboard", "search/lemma_loss_weights", "--preset", "tiny", "--out", str(tmp_path)]) == 0
+    assert json.loads((tmp_path / "dashboard.json").read_text())["blocks"][3]["type"] == "PanelGrid"

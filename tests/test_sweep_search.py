@@ -135,6 +135,15 @@ def test_two_workers_respect_the_total_budget_and_best_yaml_has_the_best_params(
     assert config["trainer"]["max_steps"] == 2000  # the base experiment's schedule, not the preset's
 
 
+def test_trials_logging_to_wandb_join_the_studys_group(tmp_path, resolver):
+    runner = runner_for(tmp_path, write_spec(tmp_path, {"n_trials": 1, "params": {
+        LR: {"type": "float", "low": 1e-4, "high": 1e-1, "log": True}}}), resolver)
+    cell = runner.trial_cell(runner.study.ask(runner.search.params))  # tsrn.yaml logs to W&B by default
+    assert cell.overrides["trainer.logger.init_args.group"] == "s-tiny"  # the search dashboard's run set
+    assert cell.overrides["trainer.logger.init_args.tags"] == ["paper:lemma", "table:search", "preset:tiny",
+                                                               "row:search/trial 0"]
+
+
 def test_pruning_from_reported_validation_values(tmp_path, resolver):
     path = write_spec(tmp_path, {"n_trials": 3, "params": {LR: {"type": "float", "low": 1e-5, "high": 1e-2}},
                                  "prune": {"monitor": "val/psnr", "startup_trials": 1, "warmup_steps": 0}})

@@ -1,6 +1,7 @@
 """A W&B report per sweep (`stisr-sweep dashboard`), built with W&B's report API (wandb-workspaces).
 
-One section per paper table: the table as the sweep prints it (ours beside the paper), a bar chart per column that
+One section per paper table (an optuna search: its trials in parallel coordinates and parameter importance): the
+table as the sweep prints it (ours beside the paper), a bar chart per column that
 compares the rows, the training curves of the table's cells and their sample sheets. Each row is one run set: the
 runs of the sweep's group carrying the row's tag (`row:<table>/<row>`, set on every cell run by `wandb_io`), so runs
 uploaded later with `wandb sync` fill the report in. Offline the report's definition is written as JSON beside the
@@ -64,6 +65,29 @@ def build_dashboard(spec: SweepSpec, preset: str, expansion: Expansion, tables_t
             blocks += table_section(wr, spec, preset, table, rows, text, project, entity)
     return wr.Report(project=project, entity=entity, title=f"{spec.name} ({spec.paper}), preset {preset}"[:128],
                      description=f"W&B group {sweep_group(spec, preset)}", blocks=blocks)
+
+
+def build_search_dashboard(spec, preset: str, trials_text: str, project: str, entity: str):
+    """The report of an optuna search (`search:` file): its trials' runs (the study's W&B group) in parallel
+    coordinates over the searched params and the objective, parameter importance for the objective, the curves and
+    sample sheets, and the trials table."""
+    import wandb_workspaces.reports.v2 as wr
+
+    search = spec.searches[preset]
+    group = f"{spec.name}-{preset}"
+    columns = [wr.ParallelCoordinatesPlotColumn(metric=wr.Config(key), display_name=key.rsplit(".", 1)[-1])
+               for key in search.params]
+    columns.append(wr.ParallelCoordinatesPlotColumn(metric=wr.SummaryMetric(search.metric)))
+    panels = [wr.ParallelCoordinatesPlot(title=f"trials: params and {search.metric}", columns=columns),
+              wr.ParameterImportancePlot(with_respect_to=search.metric),
+              *(wr.LinePlot(title=metric, x="Step", y=[metric]) for metric in CURVES),
+              wr.MediaBrowser(title="LR | SR | HR samples, each reader's reading", media_keys=[SHEET_KEY])]
+    blocks = [wr.P(f"{spec.description} Preset {preset!r}: {search.method}, {search.direction} {search.metric}."),
+              wr.H2("Trials"), wr.MarkdownBlock(trials_text or "(no trials yet: run the search)"),
+              wr.PanelGrid(runsets=[wr.Runset(entity=entity, project=project, name="trials",
+                                              filters=f"Group = {_quoted(group)}")], panels=panels)]
+    return wr.Report(project=project, entity=entity, title=f"{spec.name} ({spec.paper}), preset {preset}"[:128],
+                     description=f"W&B group {group}", blocks=blocks)
 
 
 def describe(value: Any) -> Any:

@@ -163,17 +163,28 @@ def export_wandb(args: argparse.Namespace) -> int:
 
 
 def dashboard(args: argparse.Namespace) -> int:
-    from stisr_lightning.sweeps.dashboard import OFFLINE_ENTITY, build_dashboard, publish
+    from stisr_lightning.sweeps.dashboard import OFFLINE_ENTITY, build_dashboard, build_search_dashboard, publish
+    from stisr_lightning.sweeps.search import is_search_file, load_search_spec
 
-    spec, expander, expansion, out, _ = _setup(args)
-    url = args.storage or default_url(out)
-    stored = args.storage or (out / "store.db").exists()
-    records = CellStore(url).records(expansion.cells) if stored else {}
-    texts = {table_id: text for table_id, (_, text) in write_tables(spec, expander.preset, expansion, records,
-                                                                     out).items()} if records else {}
     online = os.environ.get("WANDB_MODE") == "online"
     entity = args.entity or (None if online else OFFLINE_ENTITY)
-    report = build_dashboard(spec, args.preset, expansion, texts, args.project, **({"entity": entity} if entity else {}))
+    owner = {"entity": entity} if entity else {}
+    if is_search_file(args.spec):
+        spec = load_search_spec(args.spec)
+        if args.preset not in spec.presets:
+            raise SweepSpecError(f"{spec.path}: no preset {args.preset!r} (presets: {', '.join(spec.presets)})")
+        out = (args.out or Path("runs") / "sweeps" / f"{spec.name}-{args.preset}").resolve()
+        trials = out / "trials.md"
+        report = build_search_dashboard(spec, args.preset, trials.read_text() if trials.is_file() else "",
+                                        args.project, **owner)
+    else:
+        spec, expander, expansion, out, _ = _setup(args)
+        url = args.storage or default_url(out)
+        stored = args.storage or (out / "store.db").exists()
+        records = CellStore(url).records(expansion.cells) if stored else {}
+        texts = {table_id: text for table_id, (_, text) in write_tables(spec, expander.preset, expansion, records,
+                                                                         out).items()} if records else {}
+        report = build_dashboard(spec, args.preset, expansion, texts, args.project, **owner)
     target = args.to or out / "dashboard.json"
     if args.overwrite and not online:
         target.unlink(missing_ok=True)

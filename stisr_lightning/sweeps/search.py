@@ -53,6 +53,7 @@ from stisr_lightning.sweeps.spec import (
     sweeps_root,
 )
 from stisr_lightning.sweeps.store import DONE, FAILED, RUNNING, CellRecord, CellStore, Worker
+from stisr_lightning.sweeps.wandb_io import CellLoggers, tracking_overrides
 from stisr_lightning.weights import STRICT_WEIGHTS_ENV, missing_official_message, official_path, official_references
 
 STORAGE_ENV = "STISR_OPTUNA_STORAGE"
@@ -293,7 +294,8 @@ class SearchRunner(SweepRunner):
         self.resolver = resolver or ConfigResolver()
         self.expander = Expander(spec, self.preset, self.out_dir, self.resolver)  # type: ignore[arg-type]
         self.data = self.expander.data_overrides(Table(TABLE_ID, TABLE_ID, [], []), Row("trial", spec.base, "fit"))
-        self.study_name = f"{spec.name}-{preset}"
+        self.study_name = f"{spec.name}-{preset}"  # also the W&B group of its trials (wandb_io.sweep_group)
+        self.loggers = CellLoggers(self.resolver)
         self.asking = threading.Lock()
         self.results = SearchSummary()
 
@@ -380,8 +382,11 @@ class SearchRunner(SweepRunner):
         if self.search.prune:  # added after hashing: the trial number does not change the experiment
             overrides[CALLBACKS_KEY] = {"class_path": f"{__name__}.OptunaPruning", "init_args": {
                 "study_name": self.study_name, "trial_number": trial.number, "monitor": self.search.prune.monitor}}
-        return Cell(f"{digest}-s{self.search.seed}", digest, self.search.seed, "fit", self.spec.base, overrides,
+        cell = Cell(f"{digest}-s{self.search.seed}", digest, self.search.seed, "fit", self.spec.base, overrides,
                     [(TABLE_ID, f"trial {trial.number}")])
+        if self.loggers.wandb_logger(cell) is not None:  # the study's group and tags: the dashboard's run set
+            cell.overrides.update(tracking_overrides(self.spec, self.preset.name, cell))
+        return cell
 
     def _run_trial(self, trial: optuna.Trial, worker: Worker, env: dict[str, str]) -> optuna.trial.TrialState:
         cell = self.trial_cell(trial)
