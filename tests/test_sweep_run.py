@@ -184,6 +184,9 @@ def test_tables_have_paper_layout_reference_and_difference(tmp_path):
     picture = np.asarray(Image.open(tmp_path / "tables" / "T3.png").convert("RGB"))  # ours vs paper bars
     colours = {tuple(pixel) for pixel in picture.reshape(-1, 3)[::7]}
     assert picture.shape[1] >= 720 and len(colours) > 20
+    table.tradeoff = (columns[1], columns[0])  # accuracy against PSNR, as LEMMA's Table 6 is plotted
+    write_tables(spec, preset, expansion, records, tmp_path)
+    assert Image.open(tmp_path / "tables" / "T3-tradeoff.png").size == (720, 480)
 
 
 @pytest.mark.slow

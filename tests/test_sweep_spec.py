@@ -169,6 +169,17 @@ def test_override_placeholders_take_the_presets_vars(sweep_dir, resolver, tmp_pa
         assert cell.overrides["trainer.default_root_dir"] == "{x}"  # not a var: left as written
 
 
+def test_tradeoff_names_two_of_the_tables_columns(sweep_dir):
+    spec_dict = minimal()
+    spec_dict["tables"][0]["columns"].append({"name": "PSNR", "metric": "test/synthetic/easy/psnr"})
+    spec_dict["tables"][0]["tradeoff"] = {"x": "PSNR", "y": "CRNN/Easy"}
+    (table,) = load_spec(write(sweep_dir, spec_dict)).tables
+    assert [column.name for column in table.tradeoff] == ["PSNR", "Easy"]
+    spec_dict["tables"][0]["tradeoff"] = {"x": "SSIM", "y": "CRNN/Easy"}
+    with pytest.raises(SweepSpecError, match=r"table T1: tradeoff: no column 'SSIM' \(columns: CRNN/Easy, PSNR\)"):
+        load_spec(write(sweep_dir, spec_dict))
+
+
 def test_identical_cells_are_deduplicated_across_tables(sweep_dir, resolver, tmp_path):
     second = {"id": "T2", "base": "srcnn.yaml", "columns": minimal()["tables"][0]["columns"],
               "rows": [{"name": "same as a"}, {"name": "lr 0.5 too", "overrides": {"model.init_args.lr": 0.5}},

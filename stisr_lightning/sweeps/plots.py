@@ -73,6 +73,25 @@ def plot_table(table_id: str, rows: list[str], stats: Stats, path: Path) -> Path
     return path
 
 
+def plot_tradeoff(table_id: str, rows: list[str], stats: Stats, x: str, y: str, path: Path) -> Path:
+    """Each row as a point of column `x` against column `y` (ours filled, the paper's hollow in the same colour), for
+    tables whose paper plots a trade-off (fidelity vs accuracy)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, row in enumerate(rows):
+        colour = palette[index % len(palette)]
+        ax.scatter(stats[x]["ours"].get(row, np.nan), stats[y]["ours"].get(row, np.nan), color=colour, label=row)
+        if "paper" in stats[x] and "paper" in stats[y]:
+            ax.scatter(stats[x]["paper"].get(row, np.nan), stats[y]["paper"].get(row, np.nan), facecolors="none",
+                       edgecolors=colour)
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    ax.set_title(f"Table {table_id}: {y} vs {x} (ours filled, the paper hollow)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
 def plot_accuracy_vs_psnr(metrics: pd.DataFrame, names: pd.Series, path: Path) -> Path:
     """Every cell's average word accuracy against its average PSNR, one marker per (dataset, reader)."""
     plt = _pyplot()

@@ -18,7 +18,7 @@ SUBCOMMANDS = ("fit", "test")
 PACKAGE_REPO = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = {"name", "paper", "description", "seeds", "vars", "presets", "tables", "reference"}
-TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "reference_table", "notes",
+TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "reference_table", "notes", "tradeoff",
               "presets"}
 ROW_KEYS = {"name", "overrides", "grid", "base", "subcommand", "evaluate", "init_from"}
 EVALUATE_KEYS = {"of", "refine_with"}
@@ -84,6 +84,7 @@ class Table:
     reference: dict[tuple[str, str], Reference] = field(default_factory=dict)  # (row, column.reference_key)
     presets: list[str] | None = None  # only these presets run the table (e.g. real STR benchmarks: full only)
     reference_table: str | None = None  # the reference CSV's table id, when a paper table is split (T1 x2 / x4)
+    tradeoff: tuple[Column, Column] | None = None  # (x, y) columns the paper plots against each other (LEMMA T6)
 
     def runs_in(self, preset: str) -> bool:
         return self.presets is None or preset in self.presets
@@ -404,6 +405,19 @@ def _presets(where: str, data: Any, default_vars: dict[str, str], experiments: P
     return presets
 
 
+def _tradeoff(where: str, data: Any, columns: list[Column]) -> tuple[Column, Column] | None:
+    """`tradeoff: {x: PSNR, y: CRNN/Average}`: two of the table's columns (as the reference CSV names them)."""
+    if data is None:
+        return None
+    if not isinstance(data, dict) or set(data) != {"x", "y"}:
+        raise _fail(where, "tradeoff must be {x: <column>, y: <column>}")
+    by_key = {column.reference_key: column for column in columns}
+    unknown = [str(data[axis]) for axis in ("x", "y") if data[axis] not in by_key]
+    if unknown:
+        raise _fail(where, f"tradeoff: no column {unknown[0]!r} (columns: {', '.join(by_key)})")
+    return by_key[data["x"]], by_key[data["y"]]
+
+
 def _table_presets(where: str, data: Any, presets: dict[str, Preset]) -> list[str] | None:
     if data is None:
         return None
@@ -473,6 +487,7 @@ def load_spec(spec: str | Path) -> SweepSpec:
                 except (KeyError, ValueError) as error:
                     raise _fail(f"{here}: column {column.name!r}", f"metric {column.metric!r}: unknown var {error} "
                                 f"in preset {preset.name!r}") from None
+        table.tradeoff = _tradeoff(here, entry.get("tradeoff"), table.columns)
         _inline_reference(here, entry.get("reference"), table)
         tables.append(table)
     ids = [table.id for table in tables]

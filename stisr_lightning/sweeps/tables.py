@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 
 from stisr_lightning.sweeps.expand import Expansion
-from stisr_lightning.sweeps.plots import plot_table, table_stats
+from stisr_lightning.sweeps.plots import plot_table, plot_tradeoff, table_stats
 from stisr_lightning.sweeps.spec import Column, Preset, SweepSpec, Table
 from stisr_lightning.sweeps.store import DONE, CellRecord
 
@@ -106,7 +106,8 @@ def to_markdown(formatted: pd.DataFrame) -> str:
 
 def write_tables(spec: SweepSpec, preset: Preset, expansion: Expansion, records: dict[str, CellRecord],
                  out_dir: Path) -> dict[str, tuple[pd.DataFrame, str]]:
-    """Writes <out>/tables/<id>.{md,csv,tex,png} (the PNG: ours vs the paper); returns table id -> (numeric frame, printable text)."""
+    """Writes <out>/tables/<id>.{md,csv,tex,png} (the PNG: ours vs the paper; `<id>-tradeoff.png` for a table with
+    `tradeoff` columns); returns table id -> (numeric frame, printable text)."""
     folder = Path(out_dir) / "tables"
     folder.mkdir(parents=True, exist_ok=True)
     written = {}
@@ -120,7 +121,11 @@ def write_tables(spec: SweepSpec, preset: Preset, expansion: Expansion, records:
         text = f"{heading}\n\n{to_markdown(formatted)}\n\n{legend}." + (f" {table.notes.strip()}" if table.notes else "")
         (folder / f"{table.id}.md").write_text(f"## {text}")
         flat_columns(frame).to_csv(folder / f"{table.id}.csv")
-        plot_table(table.id, *table_stats(flat_columns(frame)), folder / f"{table.id}.png")
+        rows, stats = table_stats(flat_columns(frame))
+        plot_table(table.id, rows, stats, folder / f"{table.id}.png")
+        if table.tradeoff:
+            x, y = (" ".join(filter(None, (column.group, column.name))) for column in table.tradeoff)
+            plot_tradeoff(table.id, rows, stats, x, y, folder / f"{table.id}-tradeoff.png")
         (folder / f"{table.id}.tex").write_text(to_latex(formatted, heading))
         written[table.id] = (frame, text)
     return written
