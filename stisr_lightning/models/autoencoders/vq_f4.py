@@ -245,6 +245,12 @@ class VectorQuantizer(nn.Module):
         quantized = self.embedding(self.codes(z)).permute(0, 3, 1, 2)
         return z + (quantized - z).detach()
 
+    def codebook_loss(self, z: Tensor, beta: float = 0.25) -> Tensor:
+        """What trains the codebook and the encoder (`VectorQuantizer2`, legacy form): the codes move to the latents,
+        |sg(z) - e|^2, and the latents commit to their codes, beta |z - sg(e)|^2."""
+        quantized = self.embedding(self.codes(z)).permute(0, 3, 1, 2)
+        return F.mse_loss(quantized, z.detach()) + beta * F.mse_loss(z, quantized.detach())
+
 
 class VQModelTorch(nn.Module):
     """The official `VQModelTorch`; the defaults are ResShift's autoencoder (configs/*journal.yaml, ~55.3M
