@@ -64,3 +64,34 @@ def test_search_dashboard_shows_the_trials_params_objective_and_importance(tmp_p
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert run(["dashboard", "search/lemma_loss_weights", "--preset", "tiny", "--out", str(tmp_path)]) == 0
     assert json.loads((tmp_path / "dashboard.json").read_text())["blocks"][3]["type"] == "PanelGrid"
+
+
+@pytest.mark.parametrize("earlier, saved_id", [([], ""), (["Other report", "edsr_cdistnet_ablations"], "id-1")])
+def test_dashboard_online_saves_the_report_and_updates_the_sweeps_earlier_one(earlier, saved_id, tmp_path, capsys,
+                                                                                monkeypatch):
+    """No network: W&B's API and the report's save are replaced by recorders."""
+    from types import SimpleNamespace
+
+    import wandb
+    import wandb_workspaces.reports.v2 as wr
+
+    title = "{} (edsr_cdistnet_quant), preset tiny"
+    listed = [SimpleNamespace(display_name=title.format(name) if name != "Other report" else name, id=f"id-{i}")
+              for i, name in enumerate(earlier)]
+    asked, saved = [], []
+
+    class FakeApi:
+        def reports(self, path):
+            asked.append(path)
+            return listed
+
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    monkeypatch.setattr(wr.Report, "save", lambda report: saved.append((report.id, report.title)))
+    monkeypatch.setattr(wr.Report, "url", property(lambda report: f"https://wandb.test/{report.id or 'new'}"))
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert run(["dashboard", "ablations/edsr_cdistnet", "--preset", "tiny", "--out", str(tmp_path),
+                "--entity", "me", "--project", "proj"]) == 0
+    assert asked == ["me/proj"]
+    assert [report_id for report_id, _ in saved] == [saved_id]
+    assert f"W&B report: https://wandb.test/{saved_id or 'new'}" in capsys.readouterr().out
+    assert not (tmp_path / "dashboard.json").exists()

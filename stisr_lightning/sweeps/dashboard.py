@@ -5,7 +5,8 @@ table as the sweep prints it (ours beside the paper), a bar chart per column tha
 compares the rows, the training curves of the table's cells and their sample sheets. Each row is one run set: the
 runs of the sweep's group carrying the row's tag (`row:<table>/<row>`, set on every cell run by `wandb_io`), so runs
 uploaded later with `wandb sync` fill the report in. Offline the report's definition is written as JSON beside the
-sweep's tables; with WANDB_MODE=online and a logged-in user it is saved to the project and its URL printed.
+sweep's tables; with WANDB_MODE=online and a logged-in user it is saved to the project (updating the sweep's earlier
+report of the same title) and its URL printed.
 """
 
 from __future__ import annotations
@@ -108,8 +109,16 @@ def describe(value: Any) -> Any:
 
 
 def publish(report, path: Path) -> str:
-    """Online: save the report to W&B and return its URL. Offline: write its definition to `path` (a new file)."""
+    """Online: save the report to W&B, replacing the project's report of the same title (the sweep's earlier
+    dashboard) rather than adding a second one, and return its URL. Offline: write its definition to `path` (a new
+    file)."""
     if os.environ.get("WANDB_MODE") == "online":
+        import wandb
+
+        earlier = [saved for saved in wandb.Api().reports(f"{report.entity}/{report.project}")
+                   if saved.display_name == report.title]
+        if earlier:
+            report.id = earlier[0].id
         report.save()
         return report.url
     if path.exists():
