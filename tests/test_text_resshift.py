@@ -104,6 +104,32 @@ def test_sampling_runs_the_chain_to_an_image_reproducibly():
     assert model.scheduler.timesteps.tolist() == [3, 2, 1, 0]
 
 
+@pytest.mark.parametrize("text_update, read_sizes", [("fixed", [(16, 64)]), ("reread", [(16, 64)] + [(32, 128)] * 3)])
+def test_fixed_text_is_read_from_lr_once_and_reread_text_from_each_steps_decoded_estimate(text_update, read_sizes):
+    model = build(text_update=text_update).eval()
+    lr, _ = pairs()
+    sizes, contexts, estimates = [], [], []
+    read_tokens, denoise = model.reader.read_tokens, model.denoiser.forward
+
+    def recording_read(images, max_length):
+        sizes.append(tuple(images.shape[-2:]))
+        return read_tokens(images, max_length)
+
+    def recording_denoise(x, timesteps, lq=None, context=None):
+        contexts.append(context)
+        estimates.append(denoise(x, timesteps, lq=lq, context=context))
+        return estimates[-1]
+
+    model.reader.read_tokens, model.denoiser.forward = recording_read, recording_denoise
+    with torch.no_grad():
+        model(lr, generator=torch.Generator().manual_seed(3))
+        assert sizes == read_sizes and len(contexts) == 4
+        for step in range(1, 4):
+            earlier = ((estimates[step - 1] + 1) / 2).clamp(0, 1)  # pixel space: decoding is the [0, 1] map
+            expected = model.text_context(earlier) if text_update == "reread" else contexts[0]
+            torch.testing.assert_close(contexts[step], expected)
+
+
 def test_inconsistent_text_settings_are_one_line_errors():
     denoiser = UNetModelSwin(**TINY_UNET, context_dim=32, cross_attention_heads=2)
     with pytest.raises(ValueError, match="reader or text_encoder is missing"):
@@ -113,6 +139,10 @@ def test_inconsistent_text_settings_are_one_line_errors():
     small = MoMTextTransformer(vocab_size=2, max_seq_len=8, dim=32, depth=1, heads=2, dim_head=16)
     with pytest.raises(ValueError, match="vocab_size 2 has no token 2"):
         TextResShift(denoiser, reader=StripeReader(), text_encoder=small, max_text_length=8)
+    with pytest.raises(ValueError, match="text_update 'tdm' is not one of fixed, reread"):
+        build(text_update="tdm")
+    with pytest.raises(ValueError, match="'reread' needs the text condition"):
+        build(text=False, text_update="reread")
     for part in ("reader", "text_encoder"):  # the full preset's 'w/o cross-attention' row nulls the files too
         with pytest.raises(ValueError, match=f"{part}_weights 'official:x.pth' given but {part} is null"):
             TextResShift(UNetModelSwin(**TINY_UNET), **{f"{part}_weights": "official:x.pth"})

@@ -6,9 +6,12 @@ image, each character's feature scaled by the OCR's confidence in it (Eq. 3-4).
 What the paper leaves open, and what is taken here:
 - Schedule: ResShift's journal / x2 configuration (T = 4, kappa 2, min noise 0.2, sqrt(eta_T) 0.99, p 0.3), the
   configuration of the denoiser it reuses; the paper gives no T. `num_inference_steps` may sub-sample it.
-- Text: the OCR reads the LR image once and that reading conditions every step (DiffTSR's default inference,
-  `general=True`, which skips its text diffusion). The paper's Algorithm 2 also updates the tokens each step with
-  DiffTSR's frozen text-diffusion model (TDM), which is not built here.
+- Text (`text_update`): the paper's Algorithm 2 updates the tokens every step with DiffTSR's frozen text-diffusion
+  model (TDM: a 12-layer multinomial-diffusion transformer reading image features that MoM's own UNet makes from
+  DiffTSR's KL-VAE latents, a latent space this model does not have). The TDM is not built. `fixed` (default): the
+  OCR's reading of the LR image conditions every step, DiffTSR's default inference (`general=True`, which skips the
+  TDM). `reread`: a suite option in the TDM's place, not the paper's: before each later step the OCR reads the
+  decoded z0 estimate of the step before, so the text follows the image as it sharpens.
 - LR conditioning: ResShift concatenates the LR image to the latent (`lq`); an LR smaller than the latent (pixel
   space, or a factor below the autoencoder's) is bicubic-resized to the denoiser's `lq` size first.
 - Images are [0, 1] at the interface (the suite's convention) and [-1, 1] inside (ResShift's).
@@ -29,6 +32,9 @@ from stisr_lightning.models.recognizers.transocr import TransOCR, load_alphabet,
 from stisr_lightning.weights import extract_state_dict, load_weights, read_checkpoint, report_untrained
 
 
+TEXT_UPDATES = ("fixed", "reread")
+
+
 class TextResShift(nn.Module):
     """Args:
     denoiser: ResShift's `UNetModelSwin` predicting z0; with `context_dim` set it cross-attends to the text
@@ -44,6 +50,8 @@ class TextResShift(nn.Module):
         (default); without those weights (any English setting) a frozen random encoder would say nothing, so
         English presets train it.
     confidence: scale each token's feature by its confidence (False = Table 2's "w/o confidence score").
+    text_update: how the text condition evolves over the sampling chain: `fixed` (read from LR once) or `reread`
+        (re-read from each step's decoded estimate); see the module docstring. Training is the same for both.
     scale_factor: HR / LR size ratio of the data.
     max_text_length: tokens read per image (DiffTSR / TransOCR: 24).
     num_train_timesteps, kappa, min_noise_level, etas_end, power: the ResShift schedule (see ResShiftScheduler).
@@ -66,6 +74,7 @@ class TextResShift(nn.Module):
         text_encoder_charset: str | None = None,
         text_encoder_trainable: bool = False,
         confidence: bool = True,
+        text_update: str = "fixed",
         scale_factor: int = 2,
         max_text_length: int = 24,
         num_train_timesteps: int = 4,
@@ -80,7 +89,12 @@ class TextResShift(nn.Module):
         text_encoder_weights: str | None = None,
     ) -> None:
         super().__init__()
+        if text_update not in TEXT_UPDATES:
+            raise ValueError(f"TextResShift: text_update {text_update!r} is not one of {', '.join(TEXT_UPDATES)}")
         self.cross_attention = denoiser.context_dim is not None
+        if text_update == "reread" and not self.cross_attention:
+            raise ValueError("TextResShift: text_update 'reread' needs the text condition, but the denoiser has no "
+                             "cross-attention (context_dim: null)")
         if self.cross_attention and (reader is None or text_encoder is None):
             raise ValueError("TextResShift: the denoiser cross-attends to text (context_dim set) but reader or "
                              "text_encoder is missing; give both, or set denoiser context_dim: null")
@@ -111,6 +125,7 @@ class TextResShift(nn.Module):
             text_encoder.requires_grad_(False).eval()
             text_encoder.frozen = True
         self.confidence = confidence
+        self.text_update = text_update
         self.scale_factor = scale_factor
         self.max_text_length = max_text_length
         self.scheduler = ResShiftScheduler(num_train_timesteps, kappa, min_noise_level, etas_end, power)
@@ -127,12 +142,13 @@ class TextResShift(nn.Module):
         return self
 
     # ------------------------------------------------------------------------------------------ conditions
-    def text_context(self, lr: Tensor) -> Tensor | None:
-        """The cross-attention context of an LR batch: the reader's tokens (times their confidences) encoded."""
+    def text_context(self, images: Tensor) -> Tensor | None:
+        """The cross-attention context of a batch (the LR images, or a decoded estimate): the reader's tokens (times
+        their confidences) encoded."""
         if not self.cross_attention:
             return None
         with torch.no_grad():
-            tokens, confidences = self.reader.read_tokens(lr[:, :3], self.max_text_length)
+            tokens, confidences = self.reader.read_tokens(images[:, :3], self.max_text_length)
             tokens = self.token_map[tokens]
         return self.text_encoder(tokens, confidences if self.confidence else None)
 
@@ -169,14 +185,21 @@ class TextResShift(nn.Module):
 
     # ------------------------------------------------------------------------------------------ sampling
     def forward(self, lr: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Algorithm 2: the reverse chain from z_y + kappa sqrt(eta_T) noise, decoded; [0, 1] RGB."""
+        """Algorithm 2: the reverse chain from z_y + kappa sqrt(eta_T) noise, decoded; [0, 1] RGB. With
+        `text_update: reread` each step but the last also re-reads its decoded z0 estimate for the next step."""
         z_y, lq, context = self.conditions(lr)
         scheduler = self.scheduler
         if scheduler.num_inference_steps != self.num_inference_steps or scheduler.timesteps.device != z_y.device:
             scheduler.set_timesteps(self.num_inference_steps, z_y.device)
+        steps_left = self.num_inference_steps
 
         def predict(z_t: Tensor, t: Tensor) -> Tensor:
-            return self.denoiser(z_t, t.expand(z_t.shape[0]), lq=lq, context=context)
+            nonlocal context, steps_left
+            z0 = self.denoiser(z_t, t.expand(z_t.shape[0]), lq=lq, context=context)
+            steps_left -= 1
+            if self.text_update == "reread" and steps_left > 0:
+                context = self.text_context(self.decode(z0).clamp(0, 1))
+            return z0
 
         return self.decode(sample(predict, z_y, self.scheduler, generator=generator)).clamp(0, 1)
 
