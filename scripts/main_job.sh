@@ -43,7 +43,7 @@ $BIN/stisr-eval --config experiments/bicubic.yaml "${data_args[@]}" --trainer.de
 if [ "$START" = shipped ]; then
   $BIN/stisr-eval "${tsrn[@]}" --weights shipped:tsrn_synthetic --trainer.default_root_dir="$OUT/tsrn_shipped"
   $BIN/stisr-train fit "${tsrn[@]}" --config experiments/addons/tsrn_recognition_loss.yaml \
-    --model.init_args.generator_weights=shipped:tsrn_synthetic --model.init_args.lr=1.0e-4 \
+    --model.init_args.generator_weights=shipped:tsrn_synthetic --model.init_args.optimizer.init_args.lr=1.0e-4 \
     --data.val_fraction=0.01 --trainer.max_steps="$STEPS" --trainer.val_check_interval=$((STEPS < 250 ? STEPS : 250)) \
     --trainer.default_root_dir="$OUT/tsrn_finetuned"
   echo

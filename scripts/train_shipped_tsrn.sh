@@ -21,7 +21,7 @@ DATA="$DATA" OUT="$OUT/stage1" STEPS="$STAGE1" BIN="$BIN" bash scripts/train_tsr
   --model.init_args.generator.init_args.use_stn=false
 DATA="$DATA" OUT="$OUT/stage2" STEPS="$STAGE2" BIN="$BIN" bash scripts/train_tsrn_synthetic.sh \
   --config experiments/addons/tsrn_recognition_loss.yaml --model.init_args.generator.init_args.use_stn=false \
-  --model.init_args.lr=1.0e-4 --model.init_args.generator_weights="$OUT/stage1/steps/step=$STAGE1.ckpt"
+  --model.init_args.optimizer.init_args.lr=1.0e-4 --model.init_args.generator_weights="$OUT/stage1/steps/step=$STAGE1.ckpt"
 BIN="$BIN" bash scripts/record_shipped_tsrn.sh "$OUT/stage2/steps/step=$STAGE2.ckpt" "$DATA" "$OUT/test" \
   "stage 1: $STAGE1 steps of experiments/tsrn.yaml (no STN, lr 1e-3); stage 2: $STAGE2 steps with experiments/addons/tsrn_recognition_loss.yaml (lr 1e-4); 20,000 synthetic pairs (seed 0), batch 32"
 echo "wrote $SHIPPED"

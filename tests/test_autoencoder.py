@@ -1,6 +1,7 @@
 """The suite's VQ-f4 recipe: codebook loss by hand, training lowers the reconstruction error, and a trained run's
 checkpoint is what TextResShift's `autoencoder_weights` loads."""
 
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ def test_codebook_loss_moves_codes_to_latents_and_commits_latents_to_codes():
 
 def test_training_lowers_the_reconstruction_error():
     torch.manual_seed(0)
-    system = AutoencoderSystem(VQModelTorch(**SMALL), lr=1e-3)
+    system = AutoencoderSystem(VQModelTorch(**SMALL), optimizer=partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.9)))
     images = torch.nn.functional.avg_pool2d(torch.rand(4, 3, 32, 128), 5, 1, 2)
     optimizer = system.configure_optimizers()
     errors = []

@@ -75,7 +75,7 @@ def _system(**kwargs):
     torch.manual_seed(0)
     return OCRFineTuneSystem(
         generator=EDSR(**TINY_EDSR), recognizers={"cdistnet": CDistNet(**TINY_CDISTNET)},
-        fine_tune_recognizers=["cdistnet"], recognizer_lr=1e-3, betas=(0.9, 0.999), calibration_images=4, **kwargs
+        fine_tune_recognizers=["cdistnet"], recognizer_lr=1e-3, calibration_images=4, **kwargs
     )
 
 

@@ -1,8 +1,11 @@
+from functools import partial
+
 import torch
 
 from stisr_lightning.cli.train import STISRCLI
 from stisr_lightning.models.recognizers.crnn import CRNN
 from stisr_lightning.models.recognizers.base import encode_labels
+from stisr_lightning.systems.optim import InverseSqrtLR
 from stisr_lightning.systems.recognizer import RecognizerSystem
 
 
@@ -69,8 +72,9 @@ def test_aster_teacher_forced_loss_decreases_and_its_recipe_saves_loadable_weigh
 def test_inverse_sqrt_schedule_is_cdistnets_scheduled_optim():
     import pytest
 
-    system = RecognizerSystem(CRNN(charset="ab", hidden_size=32), lr=512**-0.5, betas=(0.9, 0.98), eps=1e-9,
-                              lr_schedule="inverse_sqrt", warmup_steps=4)
+    system = RecognizerSystem(CRNN(charset="ab", hidden_size=32),
+                              optimizer=partial(torch.optim.Adam, lr=512**-0.5, betas=(0.9, 0.98), eps=1e-9),
+                              lr_scheduler=partial(InverseSqrtLR, warmup_steps=4))
     config = system.configure_optimizers()
     optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
     assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9
@@ -83,8 +87,8 @@ def test_inverse_sqrt_schedule_is_cdistnets_scheduled_optim():
     expected = [512**-0.5 * min(k**-0.5, k * 4**-1.5) for k in range(1, 9)]
     assert seen == pytest.approx(expected)
     assert max(seen) == pytest.approx(512**-0.5 / 2) and seen.index(max(seen)) == 3
-    with pytest.raises(ValueError, match="lr_schedule must be"):
-        RecognizerSystem(CRNN(charset="ab", hidden_size=32), lr_schedule="cosine")
+    with pytest.raises(ValueError, match="warmup_steps must be >= 1, got 0"):
+        InverseSqrtLR(optimizer, warmup_steps=0)
 
 
 def test_easyocr_columns_recipe_saves_the_weights_of_each_listed_step(tiny_textzoom, tmp_path):

@@ -61,7 +61,7 @@ def test_main_job_tests_then_fine_tunes_the_shipped_tsrn_by_default(tmp_path, cu
     assert shipped.startswith("stisr-eval --config experiments/tsrn.yaml") and "--weights shipped:tsrn_synthetic" in shipped
     assert fit.startswith("stisr-train fit --config experiments/tsrn.yaml")
     assert "--config experiments/addons/tsrn_recognition_loss.yaml" in fit
-    assert "--model.init_args.generator_weights=shipped:tsrn_synthetic --model.init_args.lr=1.0e-4" in fit
+    assert "--model.init_args.generator_weights=shipped:tsrn_synthetic --model.init_args.optimizer.init_args.lr=1.0e-4" in fit
     assert f"--trainer.max_steps={steps}" in fit
     for call in (shipped, fit):
         assert "--model.init_args.generator.init_args.use_stn=false" in call

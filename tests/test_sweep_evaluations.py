@@ -124,7 +124,7 @@ def test_base_overrides_apply_to_one_base_experiment(expanded, sweep_dir):
 
 def test_only_an_evaluation_row_brings_the_row_it_evaluates(sweep_dir, resolver, tmp_path):
     tables = [{"id": "T1", "base": "srcnn.yaml", "columns": COLUMNS, "rows": [
-        {"name": "SRCNN"}, {"name": "other", "overrides": {"model.init_args.lr": 0.5}},
+        {"name": "SRCNN"}, {"name": "other", "overrides": {"model.init_args.optimizer.init_args.lr": 0.5}},
         {"name": "batch 2", "evaluate": {"of": "SRCNN"}, "overrides": {"data.eval_batch_size": 2}}]}]
     spec = load_spec(write_spec(sweep_dir, tables))
     expansion = Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand(only=["batch 2"])

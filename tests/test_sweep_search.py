@@ -20,7 +20,7 @@ from stisr_lightning.sweeps.store import DONE, FAILED
 
 os.environ["WANDB_MODE"] = "disabled"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-LR = "model.init_args.lr"
+LR = "model.init_args.optimizer.init_args.lr"
 METRIC = "test/synthetic/average/easyocr-crnn/acc"
 
 # Stands in for stisr-train: notes its trial, reads lr from its overrides, writes results.json with a metric that
@@ -28,7 +28,7 @@ METRIC = "test/synthetic/average/easyocr-crnn/acc"
 FAKE = r"""
 import json, math, pathlib, sys
 run_dir, overrides, record = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
-lr = overrides["model.init_args.lr"]
+lr = overrides["model.init_args.optimizer.init_args.lr"]
 with open(record, "a") as handle:
     handle.write(f"{lr}\n")
 (run_dir / "results.json").write_text(json.dumps({"metrics": {"%s": 1.0 - (math.log10(lr) + 2.5) ** 2}}))
@@ -40,7 +40,7 @@ import json, pathlib, sys, types, torch
 from stisr_lightning.sweeps.search import OptunaPruning
 run_dir, overrides = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2])
 callback = OptunaPruning(**overrides["trainer.callbacks+"]["init_args"])
-lr = overrides["model.init_args.lr"]
+lr = overrides["model.init_args.optimizer.init_args.lr"]
 for step in (1, 2):
     trainer = types.SimpleNamespace(sanity_checking=False, is_global_zero=True, global_step=step,
                                     callback_metrics={"val/psnr": torch.tensor(1000 * lr)},
@@ -131,7 +131,7 @@ def test_two_workers_respect_the_total_budget_and_best_yaml_has_the_best_params(
     assert (runner.out_dir / "trials.csv").read_text().count("\n") == 6
     best_yaml = runner.out_dir / "best.yaml"
     config = resolver.resolve("fit", best_yaml, {})
-    assert config["model"]["init_args"]["lr"] == pytest.approx(best.params[LR])
+    assert config["model"]["init_args"]["optimizer"]["init_args"]["lr"] == pytest.approx(best.params[LR])
     assert config["trainer"]["max_steps"] == 2000  # the base experiment's schedule, not the preset's
 
 

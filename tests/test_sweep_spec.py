@@ -22,7 +22,7 @@ def minimal(**changes):
             "id": "T1",
             "title": "t",
             "base": "srcnn.yaml",
-            "rows": [{"name": "a"}, {"name": "b", "overrides": {"model.init_args.lr": 0.5}}],
+            "rows": [{"name": "a"}, {"name": "b", "overrides": {"model.init_args.optimizer.init_args.lr": 0.5}}],
             "columns": [{"name": "Easy", "group": "CRNN", "metric": "test/synthetic/easy/easyocr-crnn/acc", "scale": 100}],
         }],
     }
@@ -160,12 +160,12 @@ def test_text_resshift_x4_rows_read_the_lr_size_of_each_presets_data(expansions)
 def test_override_placeholders_take_the_presets_vars(sweep_dir, resolver, tmp_path):
     spec_dict = minimal(vars={"rate": "0.5"})
     spec_dict["presets"]["other"] = {"vars": {"rate": "0.25"}}
-    spec_dict["tables"][0]["rows"][1]["overrides"] = {"model.init_args.lr": "{rate}", "trainer.default_root_dir": "{x}"}
+    spec_dict["tables"][0]["rows"][1]["overrides"] = {"model.init_args.optimizer.init_args.lr": "{rate}", "trainer.default_root_dir": "{x}"}
     spec = load_spec(write(sweep_dir, spec_dict))
     for preset, rate in (("tiny", 0.5), ("other", 0.25)):
         expansion = Expander(spec, spec.presets[preset], tmp_path, resolver).expand()
         cell = expansion.cells[expansion.by_row[("T1", "b")][0]]
-        assert cell.overrides["model.init_args.lr"] == str(rate)
+        assert cell.overrides["model.init_args.optimizer.init_args.lr"] == str(rate)
         assert cell.overrides["trainer.default_root_dir"] == "{x}"  # not a var: left as written
 
 
@@ -182,8 +182,8 @@ def test_tradeoff_names_two_of_the_tables_columns(sweep_dir):
 
 def test_identical_cells_are_deduplicated_across_tables(sweep_dir, resolver, tmp_path):
     second = {"id": "T2", "base": "srcnn.yaml", "columns": minimal()["tables"][0]["columns"],
-              "rows": [{"name": "same as a"}, {"name": "lr 0.5 too", "overrides": {"model.init_args.lr": 0.5}},
-                       {"name": "other", "overrides": {"model.init_args.lr": 0.25}}]}
+              "rows": [{"name": "same as a"}, {"name": "lr 0.5 too", "overrides": {"model.init_args.optimizer.init_args.lr": 0.5}},
+                       {"name": "other", "overrides": {"model.init_args.optimizer.init_args.lr": 0.25}}]}
     spec_dict = minimal(seeds=[0, 1])
     spec_dict["tables"].append(second)
     spec = load_spec(write(sweep_dir, spec_dict))
@@ -200,14 +200,14 @@ def test_identical_cells_are_deduplicated_across_tables(sweep_dir, resolver, tmp
 
 def test_grid_rows_and_only(sweep_dir, resolver, tmp_path):
     spec_dict = minimal()
-    spec_dict["tables"][0]["rows"] = [{"grid": {"model.init_args.lr": [0.1, 0.2], "model.init_args.weight_decay": [0, 1]},
+    spec_dict["tables"][0]["rows"] = [{"grid": {"model.init_args.optimizer.init_args.lr": [0.1, 0.2], "model.init_args.optimizer.init_args.weight_decay": [0, 1]},
                                        "name": "lr={lr} wd={weight_decay}"}]
     spec = load_spec(write(sweep_dir, spec_dict))
     names = [row.name for row in spec.tables[0].rows]
     assert names == ["lr=0.1 wd=0", "lr=0.1 wd=1", "lr=0.2 wd=0", "lr=0.2 wd=1"]
     expansion = Expander(spec, spec.presets["tiny"], tmp_path, resolver).expand(only=["lr=0.2 wd=1"])
     (cell,) = expansion.cells.values()
-    assert cell.overrides == {"trainer.max_steps": 2, "model.init_args.lr": 0.2, "model.init_args.weight_decay": 1}
+    assert cell.overrides == {"trainer.max_steps": 2, "model.init_args.optimizer.init_args.lr": 0.2, "model.init_args.optimizer.init_args.weight_decay": 1}
 
 
 def test_format_value_round_trips_through_the_cli_syntax():
@@ -310,7 +310,7 @@ def test_dry_run_and_slurm_script(sweep_dir, tmp_path, capsys):
     path = write(sweep_dir, minimal())
     assert run([str(path), "--dry-run", "--out", str(tmp_path / "out")]) == 0
     printed = capsys.readouterr().out
-    assert printed.startswith("2 cells") and "T1/b" in printed and "--model.init_args.lr=0.5" in printed
+    assert printed.startswith("2 cells") and "T1/b" in printed and "--model.init_args.optimizer.init_args.lr=0.5" in printed
     assert not (tmp_path / "out").exists()  # a dry run writes nothing
     script = tmp_path / "sweep.sbatch"
     assert run([str(path), "--emit-slurm", str(script), "--workers", "3", "--devices-per-worker", "2",

@@ -14,10 +14,10 @@ os.environ["WANDB_MODE"] = "disabled"
 def staged(extra_rows=()):
     return [
         {"id": "S1", "base": "srcnn.yaml", "columns": COLUMNS, "rows": [{"name": "SRCNN"}, {"name": "SRCNN lr 0.5",
-                                                                          "overrides": {"model.init_args.lr": 0.5}}]},
+                                                                          "overrides": {"model.init_args.optimizer.init_args.lr": 0.5}}]},
         {"id": "T1", "base": "srcnn.yaml", "columns": COLUMNS, "rows": [
-            {"name": "stage 2", "init_from": "S1/SRCNN", "overrides": {"model.init_args.lr": 0.1}},
-            {"name": "stage 2 of lr 0.5", "init_from": "S1/SRCNN lr 0.5", "overrides": {"model.init_args.lr": 0.1}},
+            {"name": "stage 2", "init_from": "S1/SRCNN", "overrides": {"model.init_args.optimizer.init_args.lr": 0.1}},
+            {"name": "stage 2 of lr 0.5", "init_from": "S1/SRCNN lr 0.5", "overrides": {"model.init_args.optimizer.init_args.lr": 0.1}},
             {"name": "stage 2 tested", "evaluate": {"of": "stage 2"}, "overrides": {"data.eval_batch_size": 2}},
             *extra_rows,
         ]},

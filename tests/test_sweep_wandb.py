@@ -93,7 +93,7 @@ def grid_spec(tmp_path) -> Path:
         "presets": {"tiny": {"overrides": {"trainer.max_steps": 4, "trainer.logger": False}}},
         "tables": [{"id": "T9", "base": "srcnn.yaml", "rows": [
             {"name": "default"},
-            {"name": "lr", "overrides": {"model.init_args.lr": 1.0e-4}},
+            {"name": "lr", "overrides": {"model.init_args.optimizer.init_args.lr": 1.0e-4}},
         ], "columns": [{"name": "PSNR", "metric": "test/synthetic/average/psnr"}]}],
     }
     path = tmp_path / "sweeps" / "grid.yaml"
@@ -116,7 +116,7 @@ def test_export_wandb_grid_reproduces_the_cells(tmp_path, resolver):
                                  "--trainer.logger.init_args.offline=false", "${args}"]
     parameters = config["parameters"]
     assert parameters["trainer.max_steps"] == {"value": 4} and "trainer.logger" not in parameters
-    assert parameters["model.init_args.lr"] == {"values": [0.001, 0.0001]}  # the default row gets the base's lr
+    assert parameters["model.init_args.optimizer.init_args.lr"] == {"values": [0.001, 0.0001]}  # the default row gets the base's lr
     assert parameters["seed_everything"] == {"values": [0, 1]}
     varying = {key: spec["values"] for key, spec in parameters.items() if "values" in spec}
     constant = {key: spec["value"] for key, spec in parameters.items() if "value" in spec}
@@ -139,12 +139,12 @@ def test_export_wandb_grid_reproduces_the_cells(tmp_path, resolver):
 def test_export_wandb_refuses_rows_that_are_no_grid(tmp_path, resolver):
     path = grid_spec(tmp_path)
     spec = json.loads(path.read_text())
-    spec["tables"][0]["rows"].append({"name": "both", "overrides": {"model.init_args.lr": 1.0e-5,
+    spec["tables"][0]["rows"].append({"name": "both", "overrides": {"model.init_args.optimizer.init_args.lr": 1.0e-5,
                                                                     "trainer.max_steps": 2}})
     path.write_text(json.dumps(spec))
     loaded = load_spec(path)
     expansion = Expander(loaded, loaded.presets["tiny"], tmp_path / "out", resolver).expand(seeds=[0])
-    with pytest.raises(SweepSpecError, match=r"not a grid over .*model.init_args.lr.*\(3 cells, 6 grid points\)"):
+    with pytest.raises(SweepSpecError, match=r"not a grid over .*model.init_args.optimizer.init_args.lr.*\(3 cells, 6 grid points\)"):
         wandb_sweep_configs(loaded, "tiny", expansion, CellLoggers(resolver), tmp_path)
 
 

@@ -71,7 +71,7 @@ def test_unicode_protocol_scores_chinese_labels_that_textzoom_would_erase(tmp_pa
 def test_seconds_per_image_times_super_resolution_alone(tiny_textzoom, monkeypatch):
     """A fake clock that only the generator (1 s per batch) and the recognizer (100 s per batch) advance."""
     clock = {"now": 0.0}
-    monkeypatch.setattr("stisr_lightning.systems.base.perf_counter", lambda: clock["now"])
+    monkeypatch.setattr("stisr_lightning.metrics.evaluation.perf_counter", lambda: clock["now"])
 
     class OneSecondBicubic(Bicubic):
         def forward(self, lr):
@@ -94,7 +94,7 @@ def test_seconds_per_image_times_super_resolution_alone(tiny_textzoom, monkeypat
 def test_training_reduces_loss_and_frozen_recognizers_stay_out_of_checkpoints(tiny_textzoom, tmp_path):
     torch.manual_seed(0)
     loss = LossMix({"mse": PixelMSE()})
-    system = STISRSystem(SRCNN(in_channels=4), loss=loss, recognizers={"brightness": BrightnessRecognizer()}, lr=1e-3)
+    system = STISRSystem(SRCNN(in_channels=4), loss=loss, recognizers={"brightness": BrightnessRecognizer()})
     data = datamodule(tiny_textzoom)
     batch = {k: v for k, v in next(iter(_train_loader(data))).items()}
     before = loss(system.forward_train(batch), batch)[0].item()
@@ -156,7 +156,7 @@ def test_frozen_recognizers_inside_loss_terms_stay_out_of_checkpoints(tiny_textz
 def test_generator_group_lrs_put_named_submodules_in_their_own_group():
     generator = SRCNN(in_channels=4)
     first = next(name for name, _ in generator.named_children())
-    system = STISRSystem(generator, loss=LossMix({"mse": PixelMSE()}), lr=1e-3, generator_group_lrs={first: 1e-4})
+    system = STISRSystem(generator, loss=LossMix({"mse": PixelMSE()}), generator_group_lrs={first: 1e-4})
     groups = system.configure_optimizers().param_groups
     assert [group["lr"] for group in groups] == [1e-3, 1e-4]
     assert {id(p) for p in groups[1]["params"]} == {id(p) for p in generator.get_submodule(first).parameters()}

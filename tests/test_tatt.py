@@ -1,6 +1,7 @@
 import json
 import math
 import re
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -180,7 +181,8 @@ def tatt_system(rotate_degrees: float = 5.0) -> TATTSystem:
              "tssim": TSSIMLoss()}
     loss = LossMix(terms, {"mse": 1.0, "gradient_prior": 1e-4, "distill": 1.0, "tssim": 0.1}, scale=100.0)
     generator = TATT(num_blocks=1, use_stn=False)
-    return TATTSystem(generator, loss, rotate_degrees=rotate_degrees, rotation_seed=0, lr=1e-3)
+    return TATTSystem(generator, loss, rotate_degrees=rotate_degrees, rotation_seed=0,
+                      optimizer=partial(torch.optim.Adam, lr=1e-3, betas=(0.5, 0.999)))
 
 
 def test_system_training_reduces_loss_and_clips_only_the_sr_network():
@@ -235,7 +237,9 @@ def test_experiment_config_builds_the_tatt_recipe():
     assert isinstance(system, TATTSystem) and isinstance(system.generator, TATT)
     assert system.loss.scale == 100.0
     assert system.loss.weights == {"mse": 1.0, "gradient_prior": 1e-4, "distill": 1.0, "tssim": 0.1}
-    assert system.rotate_degrees == 5.0 and system.betas == (0.5, 0.999) and system.lr == 1e-3
+    assert system.rotate_degrees == 5.0
+    adam = system.configure_optimizers()
+    assert type(adam) is torch.optim.Adam and adam.defaults["lr"] == 1e-3 and adam.defaults["betas"] == (0.5, 0.999)
 
 
 def test_bench_refuses_a_compile_target_that_the_training_step_never_calls():

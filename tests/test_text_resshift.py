@@ -150,7 +150,7 @@ def test_inconsistent_text_settings_are_one_line_errors():
 
 def test_system_trains_on_progressive_sources_and_lowers_l1():
     torch.manual_seed(0)
-    system = TextResShiftSystem(build(), LossMix({"l1": PixelL1()}), lr=1e-3,
+    system = TextResShiftSystem(build(), LossMix({"l1": PixelL1()}),
                                 progressive=ProgressiveSampling(first_stage_steps=1, second_stage_steps=0))
     lr, hr = pairs(4)
     batch = {"lr": lr, "hr": hr, "label": ["ab"] * 4, "index": torch.arange(4)}

@@ -2,6 +2,7 @@
 schemes and the alternating GAN step through Lightning."""
 
 import math
+from functools import partial
 
 import pytest
 import torch
@@ -128,6 +129,20 @@ def test_tpl_trains_the_generator_to_be_read_by_the_frozen_recognizer():
     assert all(p.grad is None for p in system.recognizers["aster"].parameters())
 
 
+def test_generator_and_discriminator_each_get_the_optimizer_and_a_schedule_stepped_every_iteration(tiny_textzoom,
+                                                                                                    tmp_path):
+    system = _system("pretrain_joint", optimizer=partial(torch.optim.Adadelta, lr=1.0),
+                     lr_scheduler=partial(torch.optim.lr_scheduler.MultiStepLR, milestones=[1], gamma=0.1),
+                     recognizer_lr=0.5, generator_group_lrs={"head": 0.25})
+    (generator_opt, discriminator_opt), schedulers = system.configure_optimizers()
+    assert type(generator_opt) is type(discriminator_opt) is torch.optim.Adadelta
+    assert [group["lr"] for group in generator_opt.param_groups] == [1.0, 0.25, 0.5]  # rest, head, ASTER
+    assert {id(p) for p in discriminator_opt.param_groups[0]["params"]} == {id(p) for p in system.discriminator.parameters()}
+    _fit(system, tiny_textzoom, tmp_path, steps=2)
+    assert [[group["lr"] for group in opt.param_groups] for opt in system.trainer.optimizers] == \
+        [[0.1, 0.025, 0.05], [0.1]]  # milestone 1 passed: every rate x0.1
+
+
 def test_srgan_row_needs_no_recognizer_and_schemes_are_checked(tmp_path):
     srgan = _system(tpl=False)
     outputs = srgan.forward_train({"lr": torch.rand(2, 3, 16, 64), "label": ["a", "b"]})
@@ -138,8 +153,6 @@ def test_srgan_row_needs_no_recognizer_and_schemes_are_checked(tmp_path):
         _system("joint_scratch", recognizer_weights={"aster": str(tmp_path / "aster.pth")})
     with pytest.raises(ValueError, match="tpl_scheme: expected one of"):
         _system("sometimes")
-    with pytest.raises(ValueError, match="lr_decay_epochs is not used here"):
-        _system(lr_decay_epochs=10)
     with pytest.raises(ValueError, match="tpl_recognizer: 'crnn' must name a configured attention recognizer"):
         TextSRSystem(TextSRGenerator(scale_factor=2, num_blocks=1), SRGANDiscriminator(), tpl_recognizer="crnn",
                      recognizers={"aster": ASTER()})

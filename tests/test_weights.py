@@ -45,9 +45,9 @@ def test_build_system_replaces_the_named_init_args_and_keeps_the_rest():
 
     config = Path(__file__).parents[1] / "experiments" / "tsrn.yaml"
     configured = build_system(config)
-    trimmed = build_system(config, {"recognizers": {}, "lr": 5e-4})
+    trimmed = build_system(config, {"recognizers": {}, "recognizer_lr": 5e-4})
     assert sorted(configured.recognizers) == ["easyocr-crnn", "easyocr-moran", "ppocr"]
-    assert len(trimmed.recognizers) == 0 and trimmed.lr == 5e-4
+    assert len(trimmed.recognizers) == 0 and trimmed.recognizer_lr == 5e-4
     assert type(trimmed.generator) is type(configured.generator)
 
 

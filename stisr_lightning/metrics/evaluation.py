@@ -3,7 +3,9 @@ few kept samples, reduced over DDP ranks into a typed `TestReport` that the resu
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from time import perf_counter
 from typing import Any, Literal
 
 import torch
@@ -42,6 +44,16 @@ class TestReport:
     recognizers: list[str]
     text_filter: str = "lower"
     """The `filter_text` level readings and labels were compared under."""
+
+
+def timed(function: Callable[..., Tensor], *args: Any) -> tuple[Tensor, float]:
+    """`function(*args)` and its wall time; the GPU is synchronized around it (once per test batch)."""
+    synchronize = torch.cuda.synchronize if torch.cuda.is_initialized() else (lambda: None)
+    synchronize()
+    start = perf_counter()
+    result = function(*args)
+    synchronize()
+    return result, perf_counter() - start
 
 
 def image_metrics(batch_averaged: bool) -> MetricCollection:

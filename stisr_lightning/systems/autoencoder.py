@@ -13,6 +13,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor
 
 from stisr_lightning.losses.perceptual import LPIPSLoss
@@ -21,19 +22,19 @@ from stisr_lightning.models.autoencoders.vq_f4 import VQModelTorch
 
 
 class AutoencoderSystem(LightningModule):
-    def __init__(self, autoencoder: VQModelTorch, lr: float = 1e-4, betas: tuple[float, float] = (0.5, 0.9),
+    def __init__(self, autoencoder: VQModelTorch, optimizer: OptimizerCallable = torch.optim.Adam,
                  codebook_beta: float = 0.25, lpips_weight: float = 0.0):
         """
         Args:
             autoencoder: the VQ model to train (the recipe's is a narrow VQ-f4, see experiments/autoencoders/).
-            lr, betas: Adam's (LDM's first stage: betas 0.5, 0.9).
+            optimizer: called with the parameters (the recipe: Adam, lr 1e-4, LDM's first-stage betas 0.5, 0.9).
             codebook_beta: weight of the commitment term (LDM / ResShift: 0.25).
             lpips_weight: LPIPS(VGG) on the reconstruction (LDM: 1.0); needs the VGG16 ImageNet file in the torch hub
                 cache, so the offline default is 0.
         """
         super().__init__()
         self.autoencoder = autoencoder
-        self.lr, self.betas, self.codebook_beta = lr, tuple(betas), codebook_beta
+        self.optimizer, self.codebook_beta = optimizer, codebook_beta
         self.lpips = LPIPSLoss(net="vgg") if lpips_weight > 0 else None
         self.lpips_weight = lpips_weight
         self.val_psnr = PSNR()
@@ -64,4 +65,4 @@ class AutoencoderSystem(LightningModule):
         self.val_psnr.reset()
 
     def configure_optimizers(self):
-        return torch.optim.Adam(self.autoencoder.parameters(), lr=self.lr, betas=self.betas)
+        return self.optimizer(self.autoencoder.parameters())

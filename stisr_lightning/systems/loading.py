@@ -6,9 +6,10 @@ from pathlib import Path
 
 import yaml
 from jsonargparse import ArgumentParser
-from torch import nn
+from lightning.pytorch import LightningModule
 
 from stisr_lightning.systems.base import STISRSystem
+from stisr_lightning.systems.optim import upgrade_optimizer_args
 from stisr_lightning.weights import load_state_dict_strict, load_weights, read_checkpoint
 
 
@@ -22,23 +23,28 @@ def run_config_for(checkpoint_path: str | Path) -> Path:
     raise FileNotFoundError(f"{checkpoint_path}: no config.yaml in any parent directory; pass --config")
 
 
-def build_system(config_path: str | Path, init_args: dict | None = None) -> nn.Module:
+def build_system(config_path: str | Path, init_args: dict | None = None,
+                 base: type[LightningModule] = STISRSystem) -> LightningModule:
     """Instantiate the run's system (`model:` section of its config, `init_args` replacing some of its arguments)
-    without data, trainer or logger."""
+    without data, trainer or logger. Configs of runs saved before optimizers were callables are upgraded
+    (`systems.optim.upgrade_optimizer_args`). `base`: the class the system must derive from."""
     config = yaml.safe_load(Path(config_path).read_text())
     if "model" not in config:
         raise ValueError(f"{config_path}: no 'model' section")
-    config["model"].setdefault("init_args", {}).update(init_args or {})
+    model = config["model"]
+    model["init_args"] = {**upgrade_optimizer_args(model["class_path"], model.get("init_args") or {}),
+                          **(init_args or {})}
     parser = ArgumentParser(exit_on_error=False)
-    parser.add_subclass_arguments(STISRSystem, "model")
-    return parser.instantiate_classes(parser.parse_object({"model": config["model"]})).model
+    parser.add_subclass_arguments(base, "model")
+    return parser.instantiate_classes(parser.parse_object({"model": model})).model
 
 
-def load_system(checkpoint_path: str | Path | None, config_path: str | Path | None = None) -> nn.Module:
+def load_system(checkpoint_path: str | Path | None, config_path: str | Path | None = None,
+                base: type[LightningModule] = STISRSystem) -> LightningModule:
     """A system ready for inference: from a suite checkpoint (config found beside it) or a config alone (bicubic)."""
     if checkpoint_path is None and config_path is None:
         raise ValueError("load_system needs a checkpoint, a config, or both")
-    system = build_system(config_path or run_config_for(checkpoint_path))
+    system = build_system(config_path or run_config_for(checkpoint_path), base=base)
     if checkpoint_path is not None:
         checkpoint = read_checkpoint(checkpoint_path)
         if isinstance(checkpoint, dict) and "pytorch-lightning_version" in checkpoint:

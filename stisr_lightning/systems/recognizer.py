@@ -13,28 +13,23 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor
 
 from stisr_lightning.metrics.recognition import WordAccuracy
 from stisr_lightning.models.recognizers.base import TorchRecognizer
-
-
-def inverse_sqrt_factor(warmup_steps: int):
-    """The transformer learning-rate factor at optimizer step k (counted from 1, as `ScheduledOptim` counts)."""
-    return lambda k: min((k + 1) ** -0.5, (k + 1) * warmup_steps**-1.5)
+from stisr_lightning.systems.optim import configure
 
 
 class RecognizerSystem(LightningModule):
     def __init__(
         self,
         recognizer: TorchRecognizer,
-        lr: float = 1e-3,
         use_lr_images: bool = True,
         weights_name: str | None = None,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
-        lr_schedule: Literal["constant", "inverse_sqrt"] = "constant",
-        warmup_steps: int = 10000,
+        optimizer: OptimizerCallable = torch.optim.Adam,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        lr_scheduler_interval: Literal["epoch", "step"] = "step",
         save_weights_at: tuple[int, ...] = (),
     ):
         """
@@ -44,23 +39,16 @@ class RecognizerSystem(LightningModule):
             use_lr_images: also train on the (bicubic-upsampled by the recognizer's own preprocessing) LR images,
                 so the recognizer reads degraded text as well as clean text.
             weights_name: file name of the saved weights (default `<recognizer.name>.pth`).
-            betas, eps: Adam's (transformer recognizers train with (0.9, 0.98) and 1e-9).
-            lr_schedule: `constant`, or `inverse_sqrt`: the transformer schedule CDistNet trains with
-                (`ScheduledOptim`), lr * min(step^-0.5, step * warmup_steps^-1.5), where `lr` is then d_model^-0.5
-                (a peak of lr / sqrt(warmup_steps) at step `warmup_steps`).
+            optimizer, lr_scheduler, lr_scheduler_interval: as `STISRSystem`'s (`systems.optim`); transformer
+                recognizers train with Adam(betas (0.9, 0.98), eps 1e-9) and `InverseSqrtLR`, stepped per step.
             save_weights_at: optimizer steps after which the weights are also saved, as `<stem>_step<k>.pth`: one
                 run yields the checkpoints of several schedule lengths (the calibrated EasyOCR stand-ins).
         """
         super().__init__()
         self.recognizer = recognizer
-        self.lr = lr
         self.use_lr_images = use_lr_images
         self.weights_name = weights_name or f"{recognizer.name}.pth"
-        if lr_schedule not in ("constant", "inverse_sqrt") or warmup_steps < 1:
-            raise ValueError(f"RecognizerSystem: lr_schedule must be 'constant' or 'inverse_sqrt' with warmup_steps >= 1, "
-                             f"got {lr_schedule!r}, {warmup_steps}")
-        self.betas, self.eps = tuple(betas), eps
-        self.lr_schedule, self.warmup_steps = lr_schedule, warmup_steps
+        self.optimizer, self.lr_scheduler, self.lr_scheduler_interval = optimizer, lr_scheduler, lr_scheduler_interval
         self.save_weights_at = frozenset(save_weights_at)
         self.val_accuracy = WordAccuracy()
         self.checkpoint_monitor = "val/acc"
@@ -83,11 +71,7 @@ class RecognizerSystem(LightningModule):
 
     def configure_optimizers(self):
         trainable = [p for p in self.recognizer.parameters() if p.requires_grad]
-        optimizer = torch.optim.Adam(trainable, lr=self.lr, betas=self.betas, eps=self.eps)
-        if self.lr_schedule == "constant":
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, inverse_sqrt_factor(self.warmup_steps))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return configure(self.optimizer, [{"params": trainable}], self.lr_scheduler, self.lr_scheduler_interval)
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.global_step in self.save_weights_at:

@@ -26,8 +26,6 @@ class TextResShiftSystem(STISRSystem):
         loss: LossMix | None = None,
         progressive: ProgressiveSampling | None = None,
         sampling_seed: int = 0,
-        lr: float = 1e-5,
-        betas: tuple[float, float] = (0.9, 0.999),
         **kwargs: Any,
     ) -> None:
         """
@@ -37,10 +35,9 @@ class TextResShiftSystem(STISRSystem):
             progressive: the LR-source schedule (paper: 10k steps x0_hat, 10k steps y / x0_hat, then all three);
                 None or `enabled: false` trains on the data's LR images only (Table 2's "w/o data sampling").
             sampling_seed: seed of the source draws and degradations (with the step and the sample index).
-            lr, betas: Adam (the paper: 1e-5).
-            kwargs: everything else of `STISRSystem`.
+            kwargs: everything else of `STISRSystem` (experiments/text_resshift.yaml: Adam at the paper's 1e-5).
         """
-        super().__init__(generator, loss, lr=lr, betas=betas, **kwargs)
+        super().__init__(generator, loss, **kwargs)
         if not isinstance(generator, TextResShift):
             raise ValueError(f"TextResShiftSystem.generator must be a TextResShift, got {type(generator).__name__}")
         self.progressive = progressive or ProgressiveSampling(enabled=False)

@@ -33,6 +33,8 @@ from stisr_lightning.weights import report_untrained
 
 
 class TextDiffSystem(STISRSystem):
+    legacy_optimizer = "torch.optim.AdamW"
+
     def __init__(
         self,
         generator: TextDiff,
@@ -40,9 +42,6 @@ class TextDiffSystem(STISRSystem):
         teacher_weights: str | None = None,
         init_student_from_teacher: bool = True,
         ema_decay: float | None = None,
-        lr: float = 1e-4,
-        betas: tuple[float, float] = (0.9, 0.999),
-        weight_decay: float = 1e-4,
         **kwargs: Any,
     ) -> None:
         """
@@ -55,10 +54,10 @@ class TextDiffSystem(STISRSystem):
             init_student_from_teacher: the student TPG starts from the same file, as TATT does.
             ema_decay: keep an exponential moving average of the generator (DocDiff: 0.9999), updated after every
                 training step and used for validation and test once it holds an average; None disables it.
-            lr, betas, weight_decay: AdamW (paper: lr 1e-4; weight decay 1e-4 as DocDiff, TextDiff's code base).
-            kwargs: everything else of `STISRSystem` (recognizers, lr_decay_epochs, ...).
+            kwargs: everything else of `STISRSystem` (recognizers, optimizer, ...). experiments/textdiff.yaml's
+                optimizer is AdamW (paper: lr 1e-4; weight decay 1e-4 as DocDiff, TextDiff's code base).
         """
-        super().__init__(generator, loss, lr=lr, betas=betas, weight_decay=weight_decay, **kwargs)
+        super().__init__(generator, loss, **kwargs)
         if not isinstance(generator, TextDiff):
             raise ValueError(f"TextDiffSystem.generator must be a TextDiff, got {type(generator).__name__}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -130,14 +129,3 @@ class TextDiffSystem(STISRSystem):
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
             self.ema.update_parameters(self.generator)
-
-    def configure_optimizers(self):
-        """The base system's parameter groups and StepLR, with AdamW in place of Adam."""
-        configured = super().configure_optimizers()
-        adam = configured["optimizer"] if isinstance(configured, dict) else configured
-        groups = [{"params": group["params"], "lr": group["lr"]} for group in adam.param_groups]
-        optimizer = torch.optim.AdamW(groups, betas=self.betas, weight_decay=self.weight_decay)
-        if not isinstance(configured, dict):
-            return optimizer
-        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, self.lr_decay_epochs, gamma=self.lr_decay_gamma)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}

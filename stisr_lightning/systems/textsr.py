@@ -39,9 +39,6 @@ class TextSRSystem(STISRSystem):
         discriminator: nn.Module,
         tpl_recognizer: str | None = "aster",
         tpl_scheme: Literal["frozen", "pretrain_joint", "joint_scratch"] = "frozen",
-        optimizer: Literal["adam", "adadelta"] = "adam",
-        lr_milestones: list[int] | None = None,
-        lr_decay_gamma: float = 0.1,
         **kwargs: Any,
     ):
         """
@@ -50,17 +47,15 @@ class TextSRSystem(STISRSystem):
             tpl_recognizer: the recognizer (a key of `recognizers`) whose teacher-forced loss on the SR image is the
                 TPL: an attention recognizer with `encode_text` and `forward(images, targets)` (ASTER). None for SRGAN.
             tpl_scheme: frozen | pretrain_joint | joint_scratch (above).
-            optimizer: Adam (betas from `betas`; the paper: "Adam with momentum 0.9") or Adadelta. The paper's
-                learning rate of 1.0 decayed to 0.1 and 0.01 is Adadelta's scale (aster.pytorch, which TextSR builds
-                on), and diverges with Adam; `optimizer: adadelta, lr: 1.0` runs it as printed.
-            lr_milestones: steps at which both learning rates are multiplied by `lr_decay_gamma` (the paper: 30k, 40k).
+            kwargs: everything else of `STISRSystem`. `optimizer` builds one optimizer for the generator (with the
+                fine-tuned recognizers) and one for the discriminator; `lr_scheduler` one schedule for each, stepped
+                every iteration (the paper: x0.1 at 30k and 40k, `torch.optim.lr_scheduler.MultiStepLR`). The paper's
+                "Adam with momentum 0.9" is `torch.optim.Adam` with betas [0.9, 0.999]; its learning rate of 1.0
+                decayed to 0.1 and 0.01 is Adadelta's scale (aster.pytorch, which TextSR builds on) and diverges
+                with Adam: `torch.optim.Adadelta` with lr 1.0 runs it as printed.
         """
         if tpl_scheme not in TPL_SCHEMES:
             raise ValueError(f"TextSRSystem.tpl_scheme: expected one of {TPL_SCHEMES}, got {tpl_scheme!r}")
-        if optimizer not in ("adam", "adadelta"):
-            raise ValueError(f"TextSRSystem.optimizer: expected 'adam' or 'adadelta', got {optimizer!r}")
-        if kwargs.get("lr_decay_epochs") is not None:
-            raise ValueError("TextSRSystem: lr_decay_epochs is not used here; decay by steps with lr_milestones")
         fine_tune = list(kwargs.pop("fine_tune_recognizers", None) or [])
         if tpl_recognizer is not None:
             weights = kwargs.get("recognizer_weights") or {}
@@ -72,7 +67,7 @@ class TextSRSystem(STISRSystem):
             if tpl_scheme != "joint_scratch" and tpl_recognizer not in weights:
                 report_untrained(f"TextSRSystem: tpl_scheme {tpl_scheme!r} expects a trained {tpl_recognizer!r} "
                                  f"(recognizer_weights.{tpl_recognizer}); the TPL now follows a random recognizer")
-        super().__init__(generator, fine_tune_recognizers=fine_tune, lr_decay_gamma=lr_decay_gamma, **kwargs)
+        super().__init__(generator, fine_tune_recognizers=fine_tune, **kwargs)
         if tpl_recognizer is not None:
             recognizer = self.recognizers[tpl_recognizer] if tpl_recognizer in self.recognizers else None
             if recognizer is None or not callable(getattr(recognizer, "encode_text", None)):
@@ -81,8 +76,6 @@ class TextSRSystem(STISRSystem):
         self.discriminator = discriminator
         self.tpl_recognizer = tpl_recognizer
         self.tpl_scheme = tpl_scheme
-        self.optimizer_name = optimizer
-        self.lr_milestones = list(lr_milestones or [])
         self.automatic_optimization = False
 
     def forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:
@@ -148,7 +141,7 @@ class TextSRSystem(STISRSystem):
 
         def discriminator_step() -> None:
             # The bare optimizer's step: Lightning counts every wrapped optimizer step in `global_step`, and
-            # `max_steps` / `lr_milestones` should count iterations, as the paper's 50k do.
+            # `max_steps` and the schedule's milestones should count iterations, as the paper's 50k do.
             discriminator_opt.optimizer.step()
 
         total, d_loss, terms = self.iteration(batch, generator_opt.step, discriminator_step, self.manual_backward)
@@ -161,17 +154,10 @@ class TextSRSystem(STISRSystem):
         return total
 
     def configure_optimizers(self):
-        generator_groups = [{"params": [p for p in self.generator.parameters() if p.requires_grad], "lr": self.lr}]
-        for name in self.fine_tune_recognizers:
-            generator_groups.append({"params": list(self.recognizers[name].parameters()), "lr": self.recognizer_lr})
-        discriminator_groups = [{"params": list(self.discriminator.parameters()), "lr": self.lr}]
-        if self.optimizer_name == "adam":
-            build = lambda groups: torch.optim.Adam(groups, betas=self.betas, weight_decay=self.weight_decay)  # noqa: E731
-        else:
-            build = lambda groups: torch.optim.Adadelta(groups, weight_decay=self.weight_decay)  # noqa: E731
-        optimizers = [build(generator_groups), build(discriminator_groups)]
-        if not self.lr_milestones:
+        """One optimizer (and schedule) for the generator's groups, one for the discriminator's; `training_step`
+        steps the schedules every iteration."""
+        discriminator = [{"params": list(self.discriminator.parameters())}]
+        optimizers = [self.optimizer(groups) for groups in (self.parameter_groups(), discriminator)]
+        if self.lr_scheduler is None:
             return optimizers
-        schedulers = [torch.optim.lr_scheduler.MultiStepLR(opt, self.lr_milestones, self.lr_decay_gamma)
-                      for opt in optimizers]
-        return optimizers, schedulers
+        return optimizers, [self.lr_scheduler(optimizer) for optimizer in optimizers]
