@@ -4,12 +4,12 @@ Papers subclass it and override only the hook that differs:
 - `forward_train(batch) -> outputs` (what the loss terms read; must contain "sr"),
 - `super_resolve(lr, batch) -> sr` (inference path used by validation, test and `stisr-sr`).
 The test harness (`metrics.evaluation`), the recognizers' and compile set-up (`systems.assembly`), the optimizer
-(`systems.optim`) and checkpoint trimming (`systems.checkpointing`) live beside it.
+(`systems.optim`), checkpoint trimming (`systems.checkpointing`) and what the benchmark calls (`systems.bench_hooks`)
+live beside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
@@ -21,12 +21,13 @@ from stisr_lightning.metrics.evaluation import TestHarness, TestReport, image_me
 from stisr_lightning.metrics.recognition import WordAccuracy
 from stisr_lightning.models.recognizers.base import Recognizer
 from stisr_lightning.systems.assembly import attach_recognizers, compile_in_place, compile_target
+from stisr_lightning.systems.bench_hooks import BenchHooks
 from stisr_lightning.systems.checkpointing import LeanCheckpoints
 from stisr_lightning.systems.optim import configure
 from stisr_lightning.weights import load_weights
 
 
-class STISRSystem(LeanCheckpoints):
+class STISRSystem(BenchHooks, LeanCheckpoints):
     legacy_optimizer = "torch.optim.Adam"  # what runs saved with `lr` / `betas` keys trained with (systems.optim)
 
     def __init__(
@@ -141,30 +142,6 @@ class STISRSystem(LeanCheckpoints):
         self.log("train/loss", total, prog_bar=True, batch_size=size)
         self.log_dict({f"train/loss/{name}": value for name, value in terms.items()}, batch_size=size)
         return total
-
-    def manual_update(self, batch: dict[str, Any], optimizers: list[torch.optim.Optimizer],
-                      gradient_clip_val: float | None) -> None:
-        """One training update by hand, as the Trainer runs it (`stisr-bench train` times it outside Lightning)."""
-        (optimizer,) = optimizers
-        optimizer.zero_grad(set_to_none=True)
-        total, _ = self.loss(self.forward_train(batch), batch)
-        total.backward()
-        if gradient_clip_val:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), gradient_clip_val)
-        optimizer.step()
-
-    def step_parts(self, batch: dict[str, Any]) -> dict[str, Callable[[], None]]:
-        """Parts of a training step that `stisr-bench train` times alone, to report their share of the step: the
-        generator's own (its `step_parts`, e.g. a text prior) and each loss term that runs a recognizer."""
-        parts = dict(self.generator.step_parts(batch["lr"])) if hasattr(self.generator, "step_parts") else {}
-        terms = {name: term for name, term in self.loss.terms.items()
-                 if getattr(term, "recognizer", None) is not None and self.loss.weights[name] != 0}
-        if terms:  # one forward for all of them; each term's backward stops at these detached outputs
-            outputs = {key: value.detach().requires_grad_(value.is_floating_point()) if torch.is_tensor(value) else value
-                       for key, value in self.forward_train(batch).items()}
-            for name, term in terms.items():
-                parts[f"{name} loss"] = lambda term=term: term(outputs, batch).backward()
-        return parts
 
     def parameter_groups(self) -> list[dict[str, Any]]:
         """The generator's trainable parameters (first, at the optimizer's lr), each of `generator_group_lrs` at its

@@ -1,7 +1,8 @@
 """TextDiff (Liu et al.) as a system: TEM and MRD trained jointly (Algorithm 1), a frozen teacher TPG on HR for the
-text-prior loss as in TATT, AdamW, and an optional EMA of the generator used for evaluation.
+text-prior loss as in TATT, and an optional EMA of the generator used for evaluation (AdamW: experiments/textdiff.yaml).
 
-Outputs of `forward_train` (what `losses.textdiff`, `losses.tatt` read):
+Outputs of `forward_train` (the generator's `training_prediction` and the teacher's TP; what `losses.textdiff`,
+`losses.tatt` read):
 - "sr_coarse": x_sr = B_T(lr); "mask": B_M(lr) (absent without B_M); "tp_lr"/"tp_hr": student/teacher TPs;
 - "residual": the target x0 = hr_rgb - x_sr (not detached: L_DM and L_Edge also pull x_sr, as in DocDiff);
 - "noise", "timesteps": the drawn eps and t (N,); "x0_pred": the MRD's estimate of x0 (converted from eps under
@@ -95,30 +96,9 @@ class TextDiffSystem(STISRSystem):
 
     # ----------------------------------------------------------------------------------------------- hooks
     def forward_train(self, batch: dict[str, Any]) -> dict[str, Any]:
-        generator: TextDiff = self.generator
-        hr = batch["hr"][:, :3]
-        x_sr, x_mask, tp_lr = generator.coarse_with_prior(batch["lr"])
+        outputs = self.generator.training_prediction(batch["lr"], batch["hr"])
         with torch.no_grad():
-            tp_hr = self.teacher_tpg(hr)
-        residual = hr - x_sr
-        condition, mask_condition = x_sr.detach(), None if x_mask is None else x_mask.detach()
-        outputs: dict[str, Any] = {"sr_coarse": x_sr, "residual": residual, "tp_lr": tp_lr, "tp_hr": tp_hr}
-        if x_mask is not None:
-            outputs["mask"] = x_mask
-        if generator.refiner == "unet":
-            x0_pred = generator.denoiser(None, None, condition, mask_condition)
-        else:
-            scheduler = generator.scheduler
-            timesteps = torch.randint(0, scheduler.num_train_timesteps, (hr.shape[0],), device=hr.device)
-            noise = torch.randn_like(residual)
-            noisy = scheduler.add_noise(residual.detach(), noise, timesteps)
-            prediction = generator.denoiser(noisy, timesteps, condition, mask_condition)
-            x0_pred = scheduler.pred_original_sample(prediction, timesteps, noisy)
-            outputs["noise"], outputs["timesteps"] = noise, timesteps
-            if scheduler.predict_noise:
-                outputs["noise_pred"] = prediction
-        outputs["x0_pred"] = x0_pred
-        outputs["sr"] = x_sr + x0_pred
+            outputs["tp_hr"] = self.teacher_tpg(batch["hr"][:, :3])
         return outputs
 
     def super_resolve(self, lr: Tensor, batch: dict[str, Any] | None = None) -> Tensor:

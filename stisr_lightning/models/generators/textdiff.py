@@ -199,6 +199,29 @@ class TextDiff(nn.Module):
         """B_M's text mask of an LR image without running B_T (for plug-and-play refinement)."""
         return self.tem.predict_mask(lr)
 
+    def training_prediction(self, lr: Tensor, hr: Tensor) -> dict[str, Tensor]:
+        """One training step's forward: the TEM's outputs, and the MRD's estimate of the residual r = HR - x_sr from
+        r noised at a random step (or, "NU", from nothing). Returns "sr_coarse", "residual", "tp_lr", "mask" (with
+        B_M), "x0_pred", "sr" = x_sr + x0_pred, and with diffusion "noise", "timesteps" ("noise_pred" for NP)."""
+        x_sr, x_mask, tp_lr = self.tem(lr)
+        residual = hr[:, :3] - x_sr
+        condition, mask_condition = x_sr.detach(), None if x_mask is None else x_mask.detach()
+        outputs = {"sr_coarse": x_sr, "residual": residual, "tp_lr": tp_lr}
+        if x_mask is not None:
+            outputs["mask"] = x_mask
+        if self.refiner == "unet":
+            x0_pred = self.denoiser(None, None, condition, mask_condition)
+        else:
+            timesteps = torch.randint(0, self.scheduler.num_train_timesteps, (len(hr),), device=hr.device)
+            noise = torch.randn_like(residual)
+            noisy = self.scheduler.add_noise(residual.detach(), noise, timesteps)
+            prediction = self.denoiser(noisy, timesteps, condition, mask_condition)
+            x0_pred = self.scheduler.pred_original_sample(prediction, timesteps, noisy)
+            outputs["noise"], outputs["timesteps"] = noise, timesteps
+            if self.scheduler.predict_noise:
+                outputs["noise_pred"] = prediction
+        return {**outputs, "x0_pred": x0_pred, "sr": x_sr + x0_pred}
+
     def refine(
         self,
         x_sr: Tensor,
