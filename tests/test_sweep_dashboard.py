@@ -51,7 +51,7 @@ def test_dashboard_command_writes_the_definition_offline_and_refuses_to_overwrit
 
 def test_search_dashboard_shows_the_trials_params_objective_and_importance(tmp_path, monkeypatch):
     from stisr_lightning.sweeps.dashboard import build_search_dashboard
-    from stisr_lightning.sweeps.search import load_search_spec
+    from stisr_lightning.sweeps.search.spec import load_search_spec
 
     spec = load_search_spec("search/lemma_loss_weights")
     report = build_search_dashboard(spec, "tiny", "| trial | value |", "proj", "me")

@@ -8,13 +8,9 @@ import optuna
 import pytest
 import yaml
 
-from stisr_lightning.sweeps.search import (
-    PRUNED_ATTR,
-    SearchRunner,
-    grid_space,
-    load_search_spec,
-    report,
-)
+from stisr_lightning.callbacks.pruning import PRUNED_ATTR
+from stisr_lightning.sweeps.search.runner import SearchRunner, report
+from stisr_lightning.sweeps.search.spec import grid_space, load_search_spec
 from stisr_lightning.sweeps.spec import SweepSpecError
 from stisr_lightning.sweeps.store import DONE, FAILED
 
@@ -37,7 +33,7 @@ with open(record, "a") as handle:
 # Reports val/psnr = 1000 * lr at steps 1 and 2 through the real pruning callback (stub trainer), then finishes.
 FAKE_PRUNED = r"""
 import json, pathlib, sys, types, torch
-from stisr_lightning.sweeps.search import OptunaPruning
+from stisr_lightning.callbacks.pruning import OptunaPruning
 run_dir, overrides = pathlib.Path(sys.argv[1]), json.loads(sys.argv[2])
 callback = OptunaPruning(**overrides["trainer.callbacks+"]["init_args"])
 lr = overrides["model.init_args.optimizer.init_args.lr"]

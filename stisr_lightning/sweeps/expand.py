@@ -106,7 +106,7 @@ def synthetic_dir(out_dir: Path, preset: Preset) -> Path | None:
     return out_dir / "data" / f"synthetic-{data.train}-{data.test}{f'-str{data.str_test}' if data.str_test else ''}-s{data.seed}"
 
 
-def _one_line(message: str) -> str:
+def one_line(message: str) -> str:
     lines = [" ".join(line.split()) for line in str(message).splitlines() if line.strip()]
     hinted = [line for line in lines if any(h in line.lower() for h in ERROR_HINTS) and "NoneType" not in line]
     return (hinted or lines or ["invalid configuration"])[0][:300]
@@ -188,14 +188,14 @@ class Expander:
         try:
             return self.resolver.resolve(subcommand, base, overrides)
         except Exception as error:  # jsonargparse raises ArgumentError, class imports may raise anything
-            message = _one_line(str(error))
+            message = one_line(str(error))
             fixed = {key: value for key, value in overrides.items() if key not in blame}
             for key, value in blame.items():
                 try:
                     self.resolver.resolve(subcommand, base, {**fixed, key: value})
                 except Exception as single:
                     raise SweepSpecError(f"{where}: key {key!r} (value {value!r}) is not valid for {base.name} "
-                                         f"[{subcommand}]: {_one_line(str(single))}") from None
+                                         f"[{subcommand}]: {one_line(str(single))}") from None
             raise SweepSpecError(f"{where}: {base.name} [{subcommand}]: {message}") from None
 
     def data_overrides(self, table: Table, row: Row) -> dict[str, Any]:

@@ -164,7 +164,7 @@ def export_wandb(args: argparse.Namespace) -> int:
 
 def dashboard(args: argparse.Namespace) -> int:
     from stisr_lightning.sweeps.dashboard import OFFLINE_ENTITY, build_dashboard, build_search_dashboard, publish
-    from stisr_lightning.sweeps.search import is_search_file, load_search_spec
+    from stisr_lightning.sweeps.search.spec import is_search_file, load_search_spec
 
     online = os.environ.get("WANDB_MODE") == "online"
     entity = args.entity or (None if online else OFFLINE_ENTITY)
@@ -213,9 +213,11 @@ def run(argv: list[str]) -> int:
         return export_wandb(args)
     if command == "dashboard":
         return dashboard(args)
-    from stisr_lightning.sweeps.search import is_search_file, run_search  # optuna only for search files
+    from stisr_lightning.sweeps.search.spec import is_search_file  # optuna is imported for sweeps that use it only
 
     if is_search_file(args.spec):  # a `search:` block runs an optuna study instead of table cells
+        from stisr_lightning.sweeps.search.runner import run_search
+
         return run_search(args, report_only=report)
     spec, expander, expansion, out, expand_s = _setup(args)
     cells, project = list(expansion.cells.values()), None

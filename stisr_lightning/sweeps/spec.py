@@ -159,45 +159,45 @@ def sweeps_root(path: Path) -> Path:
     return PACKAGE_REPO / "sweeps"
 
 
-def _fail(where: str, message: str) -> SweepSpecError:
+def spec_error(where: str, message: str) -> SweepSpecError:
     return SweepSpecError(f"{where}: {message}")
 
 
-def _check_keys(where: str, data: Any, allowed: set[str], what: str) -> None:
+def check_keys(where: str, data: Any, allowed: set[str], what: str) -> None:
     if not isinstance(data, dict):
-        raise _fail(where, f"{what} must be a mapping, got {type(data).__name__}")
+        raise spec_error(where, f"{what} must be a mapping, got {type(data).__name__}")
     unknown = sorted(set(data) - allowed)
     if unknown:
-        raise _fail(where, f"unknown {what} key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+        raise spec_error(where, f"unknown {what} key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
 
 
 def _overrides(where: str, data: Any) -> dict[str, Any]:
     if data is None:
         return {}
     if not isinstance(data, dict) or not all(isinstance(key, str) and key for key in data):
-        raise _fail(where, "overrides must map dotted config keys to values")
+        raise spec_error(where, "overrides must map dotted config keys to values")
     return dict(data)
 
 
-def _base(where: str, value: Any, experiments: Path) -> Path:
+def base_experiment(where: str, value: Any, experiments: Path) -> Path:
     if not isinstance(value, str):
-        raise _fail(where, f"base must be an experiment YAML path relative to {experiments}, got {value!r}")
+        raise spec_error(where, f"base must be an experiment YAML path relative to {experiments}, got {value!r}")
     path = experiments / value
     if not path.is_file():
-        raise _fail(where, f"base experiment {value!r} not found in {experiments}")
+        raise spec_error(where, f"base experiment {value!r} not found in {experiments}")
     return path.resolve()
 
 
 def _subcommand(where: str, value: Any) -> str:
     if value not in SUBCOMMANDS:
-        raise _fail(where, f"subcommand must be one of {', '.join(SUBCOMMANDS)}, got {value!r}")
+        raise spec_error(where, f"subcommand must be one of {', '.join(SUBCOMMANDS)}, got {value!r}")
     return value
 
 
 def _row_reference(where: str, value: Any, key: str, table_id: str) -> tuple[str, str]:
     """`TABLE/ROW`, or `ROW` of the same table (a row name may contain '/'; checked when the tables are linked)."""
     if not isinstance(value, str) or not value:
-        raise _fail(where, f"{key} must name a row: 'ROW' (this table) or 'TABLE/ROW'")
+        raise spec_error(where, f"{key} must name a row: 'ROW' (this table) or 'TABLE/ROW'")
     return (table_id, value)
 
 
@@ -205,12 +205,12 @@ def _evaluation(where: str, entry: dict, table_id: str) -> Evaluation | None:
     data = entry.get("evaluate")
     if data is None:
         return None
-    _check_keys(where, data, EVALUATE_KEYS, "evaluate")
+    check_keys(where, data, EVALUATE_KEYS, "evaluate")
     if "of" not in data:
-        raise _fail(where, "evaluate needs `of`: the row whose trained checkpoint this row tests")
+        raise spec_error(where, "evaluate needs `of`: the row whose trained checkpoint this row tests")
     clash = sorted({"base", "subcommand"} & set(entry))
     if clash:
-        raise _fail(where, f"an evaluate row takes `{clash[0]}` from the row it evaluates")
+        raise spec_error(where, f"an evaluate row takes `{clash[0]}` from the row it evaluates")
     refine = data.get("refine_with")
     return Evaluation(_row_reference(where, data["of"], "evaluate.of", table_id),
                       None if refine is None else _row_reference(where, refine, "evaluate.refine_with", table_id))
@@ -227,14 +227,14 @@ def _link_rows(where: str, tables: list[Table]) -> None:
         candidates = [(table_id, reference)] + ([(table_part, row_part)] if row_part else [])
         found = next((candidate for candidate in candidates if candidate in rows), None)
         if found is None:
-            raise _fail(here, f"{key}: no row {reference!r} (write 'ROW' for this table or 'TABLE/ROW')")
+            raise spec_error(here, f"{key}: no row {reference!r} (write 'ROW' for this table or 'TABLE/ROW')")
         row = rows[found]
         if row.evaluate is not None:
-            raise _fail(here, f"{key}: {'/'.join(found)!r} is itself an evaluate row (name its `of` row)")
+            raise spec_error(here, f"{key}: {'/'.join(found)!r} is itself an evaluate row (name its `of` row)")
         if row.init_from is not None and key == "init_from":
-            raise _fail(here, f"{key}: {'/'.join(found)!r} itself starts from another row (one stage back only)")
+            raise spec_error(here, f"{key}: {'/'.join(found)!r} itself starts from another row (one stage back only)")
         if row.subcommand != "fit":
-            raise _fail(here, f"{key}: {'/'.join(found)!r} is not trained (subcommand {row.subcommand}), so "
+            raise spec_error(here, f"{key}: {'/'.join(found)!r} is not trained (subcommand {row.subcommand}), so "
                         "it leaves no checkpoint")
         return found
 
@@ -253,29 +253,29 @@ def _link_rows(where: str, tables: list[Table]) -> None:
 
 def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experiments: Path, table_id: str) -> list[Row]:
     if not isinstance(entries, list) or not entries:
-        raise _fail(where, "rows must be a non-empty list")
+        raise spec_error(where, "rows must be a non-empty list")
     rows: list[Row] = []
     for position, entry in enumerate(entries):
         label = entry.get("name", f"#{position}") if isinstance(entry, dict) else f"#{position}"
         here = f"{where}: row {label!r}"
-        _check_keys(here, entry, ROW_KEYS, "row")
+        check_keys(here, entry, ROW_KEYS, "row")
         evaluation = _evaluation(here, entry, table_id)
         init_from = _row_reference(here, entry["init_from"], "init_from", table_id) if "init_from" in entry else None
         if init_from and (evaluation or entry.get("subcommand", subcommand) != "fit"):
-            raise _fail(here, "init_from is for trained (fit) rows: it names the row whose checkpoint training starts from")
-        row_base = _base(here, entry["base"], experiments) if "base" in entry else base
+            raise spec_error(here, "init_from is for trained (fit) rows: it names the row whose checkpoint training starts from")
+        row_base = base_experiment(here, entry["base"], experiments) if "base" in entry else base
         if row_base is None and evaluation is None:
-            raise _fail(here, "no base experiment (set `base` on the table or the row)")
+            raise spec_error(here, "no base experiment (set `base` on the table or the row)")
         row_sub = "test" if evaluation else _subcommand(here, entry.get("subcommand", subcommand))
         overrides = _overrides(here, entry.get("overrides"))
         if "grid" not in entry:
             if "name" not in entry or not isinstance(entry["name"], str):
-                raise _fail(here, "a row needs a `name` (or a `grid`)")
+                raise spec_error(here, "a row needs a `name` (or a `grid`)")
             rows.append(Row(entry["name"], row_base, row_sub, overrides, evaluation, init_from))
             continue
         grid = entry["grid"]
         if not isinstance(grid, dict) or not grid or not all(isinstance(v, list) and v for v in grid.values()):
-            raise _fail(here, "grid must map dotted config keys to non-empty lists of values")
+            raise spec_error(here, "grid must map dotted config keys to non-empty lists of values")
         template = entry.get("name")
         for values in itertools.product(*grid.values()):
             point = dict(zip(grid, values))
@@ -283,31 +283,31 @@ def _rows(where: str, entries: Any, base: Path | None, subcommand: str, experime
             try:
                 name = template.format(**short) if template else ", ".join(f"{k}={v}" for k, v in short.items())
             except (KeyError, IndexError) as error:
-                raise _fail(here, f"grid name template {template!r} uses unknown field {error}") from None
+                raise spec_error(here, f"grid name template {template!r} uses unknown field {error}") from None
             rows.append(Row(name, row_base, row_sub, {**overrides, **point}, evaluation, init_from))
     names = [row.name for row in rows]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise _fail(where, f"duplicate row name {duplicates[0]!r}")
+        raise spec_error(where, f"duplicate row name {duplicates[0]!r}")
     return rows
 
 
 def _columns(where: str, entries: Any) -> list[Column]:
     if not isinstance(entries, list) or not entries:
-        raise _fail(where, "columns must be a non-empty list")
+        raise spec_error(where, "columns must be a non-empty list")
     columns = []
     for position, entry in enumerate(entries):
         here = f"{where}: column {entry.get('name', f'#{position}') if isinstance(entry, dict) else f'#{position}'!r}"
-        _check_keys(here, entry, COLUMN_KEYS, "column")
+        check_keys(here, entry, COLUMN_KEYS, "column")
         if not isinstance(entry.get("name"), str) or not isinstance(entry.get("metric"), str):
-            raise _fail(here, "a column needs a string `name` and a string `metric` (a results.json metric key)")
+            raise spec_error(here, "a column needs a string `name` and a string `metric` (a results.json metric key)")
         if not isinstance(entry.get("scale", 1.0), (int, float)) or not isinstance(entry.get("decimals", 2), int):
-            raise _fail(here, "scale must be a number and decimals an integer")
+            raise spec_error(here, "scale must be a number and decimals an integer")
         columns.append(Column(**entry))
     labels = [(column.group, column.name) for column in columns]
     duplicates = [label for label in labels if labels.count(label) > 1]
     if duplicates:
-        raise _fail(where, f"duplicate column {'/'.join(filter(None, duplicates[0]))!r}")
+        raise spec_error(where, f"duplicate column {'/'.join(filter(None, duplicates[0]))!r}")
     return columns
 
 
@@ -315,21 +315,21 @@ def _inline_reference(where: str, data: Any, table: Table) -> None:
     if data is None:
         return
     if not isinstance(data, dict):
-        raise _fail(where, "reference must map row names to a list (column order) or a mapping of column -> value")
+        raise spec_error(where, "reference must map row names to a list (column order) or a mapping of column -> value")
     rows = {row.name for row in table.rows}
     for row, values in data.items():
         if row not in rows:
-            raise _fail(where, f"reference row {row!r} is not a row of the table")
+            raise spec_error(where, f"reference row {row!r} is not a row of the table")
         if isinstance(values, list):
             if len(values) != len(table.columns):
-                raise _fail(where, f"reference row {row!r} has {len(values)} values for {len(table.columns)} columns")
+                raise spec_error(where, f"reference row {row!r} has {len(values)} values for {len(table.columns)} columns")
             values = {column.reference_key: value for column, value in zip(table.columns, values)}
         if not isinstance(values, dict):
-            raise _fail(where, f"reference row {row!r} must be a list or a mapping")
+            raise spec_error(where, f"reference row {row!r} must be a list or a mapping")
         keys = {column.reference_key for column in table.columns}
         for key, value in values.items():
             if key not in keys:
-                raise _fail(where, f"reference column {key!r} (row {row!r}) is not a column of the table")
+                raise spec_error(where, f"reference column {key!r} (row {row!r}) is not a column of the table")
             if value is not None:
                 table.reference[(row, key)] = Reference(float(value), "sweep file")
 
@@ -370,36 +370,36 @@ def _base_overrides(where: str, data: Any, experiments: Path | None) -> dict[Pat
     if data is None:
         return {}
     if experiments is None:
-        raise _fail(where, "base_overrides is for sweep files with tables (a search has one base: use overrides)")
+        raise spec_error(where, "base_overrides is for sweep files with tables (a search has one base: use overrides)")
     if not isinstance(data, dict):
-        raise _fail(where, "base_overrides must map base experiments (relative to experiments/) to overrides")
-    return {_base(where, base, experiments): _overrides(f"{where}: base_overrides {base!r}", entry)
+        raise spec_error(where, "base_overrides must map base experiments (relative to experiments/) to overrides")
+    return {base_experiment(where, base, experiments): _overrides(f"{where}: base_overrides {base!r}", entry)
             for base, entry in data.items()}
 
 
-def _presets(where: str, data: Any, default_vars: dict[str, str], experiments: Path | None = None) -> dict[str, Preset]:
+def parse_presets(where: str, data: Any, default_vars: dict[str, str], experiments: Path | None = None) -> dict[str, Preset]:
     if not isinstance(data, dict) or not data:
-        raise _fail(where, "presets must map preset names (tiny, small, full) to settings")
+        raise spec_error(where, "presets must map preset names (tiny, small, full) to settings")
     presets = {}
     for name, entry in data.items():
         here = f"{where}: preset {name!r}"
-        _check_keys(here, entry, PRESET_KEYS, "preset")
+        check_keys(here, entry, PRESET_KEYS, "preset")
         synthetic = entry.get("synthetic")
         if synthetic is not None:
-            _check_keys(here, synthetic, SYNTHETIC_KEYS | {"standins"}, "synthetic")
+            check_keys(here, synthetic, SYNTHETIC_KEYS | {"standins"}, "synthetic")
             if not all(isinstance(synthetic.get(key, 0), int) for key in SYNTHETIC_KEYS) or "train" not in synthetic:
-                raise _fail(here, "synthetic needs integer train, test (and optional seed)")
-            standins = _string_map(here, synthetic.get("standins"), "synthetic.standins")
+                raise spec_error(here, "synthetic needs integer train, test (and optional seed)")
+            standins = string_map(here, synthetic.get("standins"), "synthetic.standins")
             wrong = [name for name, subset in standins.items() if subset not in SYNTHETIC_SUBSET_NAMES]
             if wrong:
-                raise _fail(here, f"synthetic.standins.{wrong[0]}: {standins[wrong[0]]!r} is not a synthetic subset "
+                raise spec_error(here, f"synthetic.standins.{wrong[0]}: {standins[wrong[0]]!r} is not a synthetic subset "
                                   f"({', '.join(SYNTHETIC_SUBSET_NAMES)})")
             synthetic = Synthetic(**{**synthetic, "standins": standins})
-        variables = {**default_vars, **_string_map(here, entry.get("vars"), "vars")}
+        variables = {**default_vars, **string_map(here, entry.get("vars"), "vars")}
         overrides = _overrides(here, entry.get("overrides"))
         strict = entry.get("strict_weights", False)
         if not isinstance(strict, bool):
-            raise _fail(here, f"strict_weights must be true or false, got {strict!r}")
+            raise spec_error(here, f"strict_weights must be true or false, got {strict!r}")
         presets[name] = Preset(name, overrides, synthetic, variables, entry.get("description", ""),
                                _base_overrides(here, entry.get("base_overrides"), experiments), strict)
     return presets
@@ -410,11 +410,11 @@ def _tradeoff(where: str, data: Any, columns: list[Column]) -> tuple[Column, Col
     if data is None:
         return None
     if not isinstance(data, dict) or set(data) != {"x", "y"}:
-        raise _fail(where, "tradeoff must be {x: <column>, y: <column>}")
+        raise spec_error(where, "tradeoff must be {x: <column>, y: <column>}")
     by_key = {column.reference_key: column for column in columns}
     unknown = [str(data[axis]) for axis in ("x", "y") if data[axis] not in by_key]
     if unknown:
-        raise _fail(where, f"tradeoff: no column {unknown[0]!r} (columns: {', '.join(by_key)})")
+        raise spec_error(where, f"tradeoff: no column {unknown[0]!r} (columns: {', '.join(by_key)})")
     return by_key[data["x"]], by_key[data["y"]]
 
 
@@ -422,18 +422,18 @@ def _table_presets(where: str, data: Any, presets: dict[str, Preset]) -> list[st
     if data is None:
         return None
     if not isinstance(data, list) or not data or not all(isinstance(name, str) for name in data):
-        raise _fail(where, "presets must be a non-empty list of preset names")
+        raise spec_error(where, "presets must be a non-empty list of preset names")
     unknown = [name for name in data if name not in presets]
     if unknown:
-        raise _fail(where, f"presets: no preset {unknown[0]!r} (presets: {', '.join(presets)})")
+        raise spec_error(where, f"presets: no preset {unknown[0]!r} (presets: {', '.join(presets)})")
     return list(data)
 
 
-def _string_map(where: str, data: Any, what: str) -> dict[str, str]:
+def string_map(where: str, data: Any, what: str) -> dict[str, str]:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise _fail(where, f"{what} must be a mapping")
+        raise spec_error(where, f"{what} must be a mapping")
     return {str(key): str(value) for key, value in data.items()}
 
 
@@ -449,27 +449,27 @@ def read_spec_yaml(spec: str | Path) -> tuple[Path, Any]:
 def load_spec(spec: str | Path) -> SweepSpec:
     path, data = read_spec_yaml(spec)
     where = str(path)
-    _check_keys(where, data, TOP_KEYS, "top-level")
+    check_keys(where, data, TOP_KEYS, "top-level")
     for key in ("name", "paper", "tables", "presets"):
         if key not in data:
-            raise _fail(where, f"missing top-level key {key!r}")
+            raise spec_error(where, f"missing top-level key {key!r}")
     seeds = data.get("seeds", [0])
     if not isinstance(seeds, list) or not seeds or not all(isinstance(seed, int) for seed in seeds):
-        raise _fail(where, "seeds must be a non-empty list of integers")
+        raise spec_error(where, "seeds must be a non-empty list of integers")
     root = sweeps_root(path)
     experiments = root.parent / "experiments"
-    default_vars = _string_map(where, data.get("vars"), "vars")
-    presets = _presets(where, data["presets"], default_vars, experiments)
+    default_vars = string_map(where, data.get("vars"), "vars")
+    presets = parse_presets(where, data["presets"], default_vars, experiments)
     if not isinstance(data["tables"], list) or not data["tables"]:
-        raise _fail(where, "tables must be a non-empty list")
+        raise spec_error(where, "tables must be a non-empty list")
     tables: list[Table] = []
     for position, entry in enumerate(data["tables"]):
         here = f"{where}: table {entry.get('id', f'#{position}') if isinstance(entry, dict) else f'#{position}'}"
-        _check_keys(here, entry, TABLE_KEYS, "table")
+        check_keys(here, entry, TABLE_KEYS, "table")
         for key in ("id", "rows", "columns"):
             if key not in entry:
-                raise _fail(here, f"missing table key {key!r}")
-        base = _base(here, entry["base"], experiments) if "base" in entry else None
+                raise spec_error(here, f"missing table key {key!r}")
+        base = base_experiment(here, entry["base"], experiments) if "base" in entry else None
         subcommand = _subcommand(here, entry.get("subcommand", "fit"))
         table = Table(
             id=str(entry["id"]),
@@ -485,17 +485,17 @@ def load_spec(spec: str | Path) -> SweepSpec:
                 try:
                     column.metric.format_map(preset.vars)
                 except (KeyError, ValueError) as error:
-                    raise _fail(f"{here}: column {column.name!r}", f"metric {column.metric!r}: unknown var {error} "
+                    raise spec_error(f"{here}: column {column.name!r}", f"metric {column.metric!r}: unknown var {error} "
                                 f"in preset {preset.name!r}") from None
         table.tradeoff = _tradeoff(here, entry.get("tradeoff"), table.columns)
         _inline_reference(here, entry.get("reference"), table)
         tables.append(table)
     ids = [table.id for table in tables]
     if len(set(ids)) != len(ids):
-        raise _fail(where, f"duplicate table id {next(i for i in ids if ids.count(i) > 1)!r}")
+        raise spec_error(where, f"duplicate table id {next(i for i in ids if ids.count(i) > 1)!r}")
     _link_rows(where, tables)
     reference = data.get("reference", f"references/{data['paper']}.csv")
     if not isinstance(reference, str):
-        raise _fail(where, "reference must be a CSV path relative to sweeps/ (table,row,column,value,source)")
+        raise spec_error(where, "reference must be a CSV path relative to sweeps/ (table,row,column,value,source)")
     read_reference_csv(root / reference, tables)
     return SweepSpec(path, str(data["name"]), str(data["paper"]), seeds, presets, tables, data.get("description", ""))
