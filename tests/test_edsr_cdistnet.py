@@ -193,3 +193,4 @@ def test_bench_builds_the_pipelines_reader_greedy_and_with_the_official_beam():
     from stisr_lightning.models.recognizers.catalog import build_reader
 
     assert [build_reader(name).beam_width for name in ("cdistnet", "cdistnet-beam10")] == [1, 10]
+

@@ -5,7 +5,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from conftest import HR_GRAY, LR_GRAY, uniform_pairs
-from fakes import BrightnessRecognizer
+from fakes import REPO, BrightnessRecognizer
 from stisr_lightning.data.datamodule import STISRDataModule
 from stisr_lightning.data.textzoom import write_textzoom_lmdb
 from stisr_lightning.losses.mix import LossMix
@@ -213,3 +213,20 @@ def test_inception_fid_is_reported_per_set_and_never_averaged(tiny_textzoom, tmp
     dark_gap = round(HR_GRAY * 0.2) - round(LR_GRAY * 0.2)
     assert results["test/tiny/medium/fid"] == pytest.approx(3 * (dark_gap / 255) ** 2, abs=1e-6)
     assert "test/tiny/average/fid" not in results and "test/tiny/average/psnr" in results
+
+
+def test_bench_keeps_only_the_recognizers_that_the_training_step_reads(tmp_path):
+    """`stisr-bench train` drops evaluation-only readers but keeps those the system's step reads (named by the
+    system class's `training_recognizer_args`: here a fine-tuned reader)."""
+    import yaml
+
+    from stisr_lightning.cli.bench import _build_trainable
+
+    config = yaml.safe_load((REPO / "experiments" / "tsrn.yaml").read_text())
+    config["model"]["init_args"]["fine_tune_recognizers"] = ["easyocr-crnn"]
+    config["data"] = str(REPO / "experiments" / "_base" / "data_synthetic.yaml")
+    (tmp_path / "tsrn_fine_tuning_a_reader.yaml").write_text(yaml.safe_dump(config))
+    system, optimizers = _build_trainable(tmp_path / "tsrn_fine_tuning_a_reader.yaml", "cpu", None, "default")
+    assert list(system.recognizers) == ["easyocr-crnn"] and system.val_recognizer is None
+    fine_tuned = {id(p) for p in system.recognizers["easyocr-crnn"].parameters()}
+    assert fine_tuned <= {id(p) for group in optimizers[0].param_groups for p in group["params"]}

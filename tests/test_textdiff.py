@@ -252,7 +252,7 @@ def test_joint_loss_loads_recognizer_weights(tmp_path):
 def test_bench_sample_labels_random_init(capsys):
     from stisr_lightning.cli.bench import main
 
-    main(["sample", "--steps", "1", "2", "--batch-size", "1", "--device", "cpu"])
+    main(["sample", "--experiment", "textdiff", "--steps", "1", "2", "--batch-size", "1", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "TextDiff-1 sampling, random init (" in out and "TextDiff-2 sampling" in out and "s/image" in out
     assert "batch 1, 3x16x64 -> 3x32x128" in out

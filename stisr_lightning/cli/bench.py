@@ -5,7 +5,7 @@
     stisr-bench recognize --recognizers ppocr easyocr tesseract cdistnet cdistnet-beam10
     stisr-bench train --experiments tsrn lemma --batch-size 64 [--device cuda --precision bf16-mixed --channels-last]
         [--compile generator.forward_with_prior loss.terms.text_focus.recognizer.encoder --compile-mode reduce-overhead]
-    stisr-bench sample [--experiment textdiff] --steps 5 200 --batch-size 16 [--device cuda] [--compile-mode reduce-overhead]
+    stisr-bench sample --experiment textdiff --steps 5 200 --batch-size 16 [--device cuda] [--compile-mode reduce-overhead]
 
 Numbers are measured after a warm-up and averaged over the measured part only.
 """
@@ -13,6 +13,7 @@ Numbers are measured after a warm-up and averaged over the measured part only.
 from __future__ import annotations
 
 import argparse
+import importlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ import yaml
 
 from stisr_lightning.cli.parsing import ArgumentParser, image_size, one_line_errors
 from stisr_lightning.hardware import auto_precision, describe_cpu
-from stisr_lightning.models.recognizers.catalog import READERS, build_reader
+from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader
 
 MEASURE_SECONDS = 5.0
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune"]
@@ -122,11 +123,15 @@ def _build_trainable(config: Path, device: str, compile_targets: list[str] | Non
     """The experiment's system as configured, without evaluation-only recognizers, and its optimizer(s)."""
     from stisr_lightning.systems.loading import build_system
 
-    # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine);
-    # a recognizer the loss reads through the system (TextSR's TPL recognizer) stays.
-    model_args = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_args") or {}
-    kept = model_args.get("tpl_recognizer")
-    init_args = {"recognizers": {kept: model_args["recognizers"][kept]} if kept else {}, "val_recognizer": None}
+    # Evaluation-only recognizers play no part in a training step (and Tesseract is not on every GPU machine); those
+    # that the step reads (the system class's `training_recognizer_args` name them) stay.
+    model = yaml.safe_load(config.read_text()).get("model") or {}
+    model_args = model.get("init_args") or {}
+    module, _, name = model["class_path"].rpartition(".")
+    kept = [names for arg in getattr(getattr(importlib.import_module(module), name), "training_recognizer_args", ())
+            for names in ([model_args.get(arg)] if isinstance(model_args.get(arg), str) else model_args.get(arg) or [])]
+    init_args = {"recognizers": {kept_name: model_args["recognizers"][kept_name] for kept_name in kept},
+                 "val_recognizer": None}
     if compile_targets:
         init_args.update(compile_targets=compile_targets, compile_mode=compile_mode)
     system = build_system(config, init_args).to(device).train()
@@ -226,7 +231,7 @@ def bench_sample(experiment: str, steps: list[int], batch_size: int, device: str
                  compile_mode: str | None, lr_size: tuple[int, int] | None = None) -> list[dict]:
     """A diffusion generator's inference (the system's `super_resolve`) per number of sampling steps, as the
     experiment configures it but randomly initialized: the cost does not depend on the weights. The generator must
-    have `num_inference_steps` and a `denoiser` (TextDiff's MRD, TextResShift's Swin-UNet), which `compile_mode`
+    have `num_inference_steps` and a `denoiser` (a diffusion model's network), which `compile_mode`
     compiles. `lr_size` defaults to the LR of a 32x128 HR at the generator's scale."""
     from stisr_lightning.systems.loading import build_system
 
@@ -278,11 +283,11 @@ def main(argv: list[str] | None = None) -> None:
     synth.add_argument("--count", type=int, default=2000)
     synth.add_argument("--workers", type=int, default=2)
     recognize = commands.add_parser("recognize", help="recognizer evaluation throughput")
-    recognize.add_argument("--recognizers", nargs="+", default=["ppocr", "ppocr-torch", "easyocr", "tesseract"],
-                           choices=list(READERS))
+    recognize.add_argument("--recognizers", nargs="+", default=list(dict.fromkeys(STAND_INS.values())),
+                           choices=list(READERS), help="default: the readers of the embedded default's columns")
     recognize.add_argument("--batch-size", type=int, default=64)
     train = commands.add_parser("train", help="training throughput of experiments (forward + loss + backward + step)")
-    train.add_argument("--experiments", nargs="+", default=["srcnn", "srresnet", "tsrn", "tbsrn", "tatt", "lemma"],
+    train.add_argument("--experiments", nargs="+", required=True,
                        help="experiment names (experiments/<name>.yaml) or config paths")
     train.add_argument("--batch-size", type=int, default=64)
     train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -294,8 +299,8 @@ def main(argv: list[str] | None = None) -> None:
                             "loss.terms.text_focus.recognizer.encoder, ...)")
     train.add_argument("--compile-mode", default="default", choices=COMPILE_MODES)
     sampling = commands.add_parser("sample", help="a diffusion generator's inference speed per number of sampling steps")
-    sampling.add_argument("--experiment", default="textdiff", help="experiment name or config path (textdiff, "
-                          "text_resshift, ...)")
+    sampling.add_argument("--experiment", required=True, help="experiment name (experiments/<name>.yaml) or config "
+                          "path of a diffusion generator")
     sampling.add_argument("--steps", type=int, nargs="+", default=[5, 200])
     sampling.add_argument("--batch-size", type=int, default=16)
     sampling.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

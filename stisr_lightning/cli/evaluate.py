@@ -7,7 +7,7 @@
 
 It is `stisr-train test` with the same options; results.json goes to `--trainer.default_root_dir`.
 `--refine-with RUN_OR_CKPT` cascades a second trained generator that can refine another's output after the configured
-one (`models/generators/refined.py`; e.g. a diffusion model's refiner, TextDiff's Table 4): SR = refiner.refine_output(
+one (`models/generators/refined.py`; e.g. a diffusion model's refiner): SR = refiner.refine_output(
 generator(lr), lr); both options are recorded in results.json's config.
 """
 

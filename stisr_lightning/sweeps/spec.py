@@ -53,7 +53,7 @@ class Evaluation:
     are (table id, row name); the row's overrides change only the test (sampling steps, metrics)."""
 
     of: tuple[str, str]
-    refine_with: tuple[str, str] | None = None  # a trained TextDiff row whose MRD refines the output (--refine-with)
+    refine_with: tuple[str, str] | None = None  # a trained row whose generator refines the output (--refine-with)
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,7 @@ class Table:
     reference: dict[tuple[str, str], Reference] = field(default_factory=dict)  # (row, column.reference_key)
     presets: list[str] | None = None  # only these presets run the table (e.g. real STR benchmarks: full only)
     reference_table: str | None = None  # the reference CSV's table id, when a paper table is split (T1 x2 / x4)
-    tradeoff: tuple[Column, Column] | None = None  # (x, y) columns the paper plots against each other (LEMMA T6)
+    tradeoff: tuple[Column, Column] | None = None  # (x, y) columns the paper plots against each other
 
     def runs_in(self, preset: str) -> bool:
         return self.presets is None or preset in self.presets
@@ -93,8 +93,8 @@ class Table:
 @dataclass(frozen=True)
 class Synthetic:
     """Synthetic data a preset needs (`make_synthetic(out, train, test, seed, str_test=...)`): made once, cached by
-    the engine. `str_test` adds the STR-style set (small images, LEMMA's STR degradation) for test sets named
-    `str_synth`. `standins` lets test sets named after real data read a synthetic subset instead (TextSR's IC13 ->
+    the engine. `str_test` adds the STR-style set (small images, `data.str_benchmarks`' degradation) for test
+    sets named `str_synth`. `standins` lets test sets named after real data read a synthetic subset instead (IC13 ->
     easy), so one row serves every preset; tables say so in their notes."""
 
     train: int

@@ -29,6 +29,7 @@ from stisr_lightning.weights import load_weights
 
 class STISRSystem(BenchHooks, LeanCheckpoints):
     legacy_optimizer = "torch.optim.Adam"  # what runs saved with `lr` / `betas` keys trained with (systems.optim)
+    training_recognizer_args = ("fine_tune_recognizers",)  # arguments naming the recognizers a training step reads
 
     def __init__(
         self,

@@ -33,6 +33,7 @@ TPL_SCHEMES = ("frozen", "pretrain_joint", "joint_scratch")
 
 
 class TextSRSystem(STISRSystem):
+    training_recognizer_args = ("fine_tune_recognizers", "tpl_recognizer")
     def __init__(
         self,
         generator: nn.Module,
