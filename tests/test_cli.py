@@ -234,3 +234,23 @@ def test_eval_refine_with_cascades_a_textdiff_run_and_records_it(tiny_textzoom, 
     assert refined["config_hash"] != plain["config_hash"]
     assert refined["test_set_sizes"] == plain["test_set_sizes"] == {"tiny/easy": 6, "tiny/medium": 4}
     assert refined["metrics"]["test/tiny/easy/psnr"] != plain["metrics"]["test/tiny/easy/psnr"]
+
+
+def test_outside_a_checkout_the_recipes_come_from_stisr_root(tmp_path):
+    """The package alone (as a wheel installs it: no experiments/ or sweeps/ beside it), run from a folder without
+    them: a sweep name is a one-line error naming STISR_ROOT; with STISR_ROOT at a checkout the same command works."""
+    import shutil
+
+    site = tmp_path / "site-packages"
+    shutil.copytree(REPO / "stisr_lightning", site / "stisr_lightning", ignore=shutil.ignore_patterns("__pycache__"))
+    command = [sys.executable, "-m", "stisr_lightning.sweeps.main", "ablations/edsr_cdistnet", "--preset", "tiny",
+               "--dry-run", "--out", str(tmp_path / "out")]
+    env = dict(os.environ, PYTHONPATH=str(site), WANDB_MODE="disabled")
+    env.pop("STISR_ROOT", None)
+    alone = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert alone.returncode == 2
+    assert "not found in . or sweeps/, and no experiments/ and sweeps/ in" in alone.stderr and "STISR_ROOT" in alone.stderr
+    rooted = subprocess.run(command, cwd=tmp_path, env={**env, "STISR_ROOT": str(REPO)}, capture_output=True,
+                            text=True, timeout=600)
+    assert rooted.returncode == 0, rooted.stderr[-2000:]
+    assert "cells" in rooted.stdout

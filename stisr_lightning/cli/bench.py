@@ -26,6 +26,7 @@ import yaml
 from stisr_lightning.cli.parsing import ArgumentParser, image_size, one_line_errors
 from stisr_lightning.hardware import auto_precision, describe_cpu
 from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader
+from stisr_lightning.paths import recipes_root
 
 MEASURE_SECONDS = 5.0
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune"]
@@ -92,7 +93,6 @@ def bench_recognize(names: list[str], batch_size: int) -> list[dict]:
     return rows
 
 
-EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 BENCH_LABELS = ("street", "Cafe", "OPEN24", "exit", "parking", "hotel", "b4", "sale!")
 
 
@@ -221,7 +221,7 @@ def _step_shares(system, batch: dict, autocast: torch.autocast, device: str, ste
 
 
 def _experiment_config(name: str) -> Path:
-    config = Path(name) if name.endswith(".yaml") else EXPERIMENTS / f"{name}.yaml"
+    config = Path(name) if name.endswith(".yaml") else recipes_root() / "experiments" / f"{name}.yaml"
     if not config.is_file():
         raise SystemExit(f"stisr-bench: no experiment {config}")
     return config

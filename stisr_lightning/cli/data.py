@@ -22,7 +22,7 @@ from stisr_lightning.metrics.calibration import (
     subset_paths,
 )
 from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader, check_reader_spec
-from stisr_lightning.sweeps.spec import PACKAGE_REPO
+from stisr_lightning.paths import recipes_root
 from stisr_lightning.weights import WEIGHTS_DIR_ENV, file_digest, official_files, weights_dir
 
 
@@ -51,7 +51,7 @@ def _calibrate(args: argparse.Namespace) -> None:
     subsets = subset_frame(results)
     print(subsets.to_markdown(index=False, floatfmt=".2f"))
     print()
-    readings = calibration_frame(results, columns, paper_rows(args.reference))
+    readings = calibration_frame(results, columns, paper_rows(args.reference or recipes_root() / "sweeps" / "references" / "lemma.csv"))
     print(readings.to_markdown(index=False, floatfmt=".1f"))
     print(f"\nbands: bicubic within {BICUBIC_BAND:g} points of the paper's bicubic row of the reader's column, "
           f"HR at least {MIN_HR_GAIN:g} points above bicubic")
@@ -101,8 +101,9 @@ def build_parser() -> ArgumentParser:
                            help=f"more readers to measure, outside any paper column: {', '.join(READERS)}, or "
                                 "NAME@WEIGHTS for other weights of an EasyOCR reader")
     calibrate.add_argument("--limit", type=int, default=None, help="read only the first N images of each subset")
-    calibrate.add_argument("--reference", default=str(PACKAGE_REPO / "sweeps" / "references" / "lemma.csv"),
-                           help="paper numbers (the BICUBIC and HR rows of table T3)")
+    calibrate.add_argument("--reference", default=None,
+                           help="paper numbers (the BICUBIC and HR rows of table T3; default: the recipes root's "
+                                "sweeps/references/lemma.csv)")
     calibrate.add_argument("--json", help="also write the numbers to this (new) file")
     weights = commands.add_parser("weights", help="the official files the full presets load")
     weights_commands = weights.add_subparsers(dest="weights_command", required=True)

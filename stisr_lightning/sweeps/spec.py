@@ -14,8 +14,9 @@ from typing import Any
 
 import yaml
 
+from stisr_lightning.paths import recipes_root
+
 SUBCOMMANDS = ("fit", "test")
-PACKAGE_REPO = Path(__file__).resolve().parents[2]
 
 TOP_KEYS = {"name", "paper", "description", "seeds", "vars", "presets", "tables", "reference"}
 TABLE_KEYS = {"id", "title", "base", "subcommand", "rows", "columns", "reference", "reference_table", "notes", "tradeoff",
@@ -141,14 +142,20 @@ class SweepSpec:
 
 
 def resolve_spec_path(spec: str | Path) -> Path:
-    """A path, or a name under `sweeps/` (cwd first, then the repository this package lives in); `.yaml` optional."""
-    candidates = []
-    for name in (str(spec), f"{spec}.yaml"):
-        candidates += [Path(name), Path("sweeps") / name, PACKAGE_REPO / "sweeps" / name]
-    for candidate in candidates:
+    """A path, or a name under `sweeps/` (cwd first, then the recipes root: `stisr_lightning.paths`); `.yaml`
+    optional."""
+    names = (str(spec), f"{spec}.yaml")
+    for candidate in [Path(name) for name in names] + [Path("sweeps") / name for name in names]:
         if candidate.is_file():
             return candidate.resolve()
-    raise SweepSpecError(f"sweep file {spec!r} not found (looked in ., sweeps/ and {PACKAGE_REPO / 'sweeps'})")
+    try:
+        sweeps = recipes_root() / "sweeps"
+    except FileNotFoundError as error:
+        raise SweepSpecError(f"sweep file {spec!r} not found in . or sweeps/, and {error}") from None
+    for name in names:
+        if (sweeps / name).is_file():
+            return (sweeps / name).resolve()
+    raise SweepSpecError(f"sweep file {spec!r} not found (looked in ., sweeps/ and {sweeps})")
 
 
 def sweeps_root(path: Path) -> Path:
@@ -156,7 +163,7 @@ def sweeps_root(path: Path) -> Path:
     for parent in path.parents:
         if parent.name == "sweeps":
             return parent
-    return PACKAGE_REPO / "sweeps"
+    return recipes_root() / "sweeps"
 
 
 def spec_error(where: str, message: str) -> SweepSpecError:
