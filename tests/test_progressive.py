@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stisr_lightning.data.degradations import bsrgan_degradation
+from stisr_lightning.data.degradations import bsrgan_degradation, realesrgan_degradation
 from stisr_lightning.data.progressive import ProgressiveSampling, progressive_lr
 
 
@@ -44,6 +44,19 @@ def test_lr_batch_mixes_real_and_degraded_sources_reproducibly():
     assert torch.equal(out, again)
 
 
+def test_algorithm_ones_real_esrgan_pipeline_is_the_other_degradation():
+    torch.manual_seed(0)
+    hr, lr, ids = torch.rand(6, 3, 32, 128), torch.rand(6, 3, 16, 64), torch.arange(6)
+    sampling = ProgressiveSampling(first_stage_steps=0, second_stage_steps=0, degradation="realesrgan")
+    out, sources = progressive_lr(hr, lr, 2, ids, 1, sampling, scale=2)
+    step_seed, from_hr, from_lr = (1 << 32) | 2, sources == 1, sources == 2
+    assert from_hr.any() and from_lr.any()
+    torch.testing.assert_close(out[from_hr], realesrgan_degradation(hr[from_hr], step_seed + 1, ids[from_hr], scale=2))
+    torch.testing.assert_close(out[from_lr], realesrgan_degradation(lr[from_lr], step_seed + 2, ids[from_lr], scale=1))
+    bsrgan, _ = progressive_lr(hr, lr, 2, ids, 1, ProgressiveSampling(first_stage_steps=0, second_stage_steps=0), 2)
+    assert not torch.allclose(out[from_hr], bsrgan[from_hr])
+
+
 def test_stored_resized_lr_gets_x0_hat_at_the_data_scale_resized_to_it():
     """DiffTSR-style data keeps LR at the HR size: x0_hat must still be degraded at x4, then resized, not at x1."""
     torch.manual_seed(0)
@@ -64,6 +77,8 @@ def test_bad_settings_are_one_line_errors():
         ProgressiveSampling(final_mix=(1, 1))
     with pytest.raises(ValueError, match="stage lengths must be >= 0, got -1"):
         ProgressiveSampling(first_stage_steps=-1)
+    with pytest.raises(ValueError, match="degradation must be one of bsrgan, realesrgan, got 'jpeg'"):
+        ProgressiveSampling(degradation="jpeg")
     with pytest.raises(ValueError, match="got 4 / 4 channels"):
         progressive_lr(torch.rand(1, 4, 32, 128), torch.rand(1, 4, 16, 64), 0, torch.arange(1), 0,
                        ProgressiveSampling(), scale=2)

@@ -8,6 +8,9 @@ Implementation" and the appendix "Data sampling strategy"): which low-resolution
   paper gives no mixing proportions for this stage; the three sources are drawn with equal probability by default
   (`final_mix`).
 
+The paper names two pipelines for x0_hat and y_hat: BSRGAN (its data section, the default) and Real-ESRGAN's
+second-order pipeline (its Algorithm 1): `degradation: realesrgan` selects the latter.
+
 Pure and batched like the degradations it uses: the choice and the degradations depend only on (seed, step,
 sample index), so a run is reproducible on any number of devices. `enabled=False` always uses y (Table 2's
 "w/o data sampling strategy").
@@ -20,10 +23,11 @@ from dataclasses import dataclass
 import torch.nn.functional as F
 from torch import Tensor
 
-from stisr_lightning.data.degradations import SampleRNG, bsrgan_degradation
+from stisr_lightning.data.degradations import SampleRNG, bsrgan_degradation, realesrgan_degradation
 
 SOURCES = ("y", "x0_hat", "y_hat")
 """Source ids: 0 the real LR image, 1 the degraded HR image, 2 the degraded LR image."""
+DEGRADATIONS = {"bsrgan": bsrgan_degradation, "realesrgan": realesrgan_degradation}
 
 
 @dataclass(frozen=True)
@@ -33,8 +37,13 @@ class ProgressiveSampling:
     final_mix: tuple[float, float, float] = (1.0, 1.0, 1.0)
     """Relative probabilities of (y, x0_hat, y_hat) in stage 3."""
     enabled: bool = True
+    degradation: str = "bsrgan"
+    """How x0_hat and y_hat are made: `bsrgan` or `realesrgan` (see the module docstring)."""
 
     def __post_init__(self) -> None:
+        if self.degradation not in DEGRADATIONS:
+            raise ValueError(f"ProgressiveSampling: degradation must be one of {', '.join(DEGRADATIONS)}, got "
+                             f"{self.degradation!r}")
         if self.first_stage_steps < 0 or self.second_stage_steps < 0:
             raise ValueError(f"ProgressiveSampling: stage lengths must be >= 0, got {self.first_stage_steps}, "
                              f"{self.second_stage_steps}")
@@ -65,21 +74,23 @@ def _rng(seed: int, step: int, ids: Tensor) -> SampleRNG:
 def progressive_lr(
     hr: Tensor, lr: Tensor, step: int, ids: Tensor, seed: int, sampling: ProgressiveSampling, scale: int
 ) -> tuple[Tensor, Tensor]:
-    """The LR batch of a training step and the source of each image (`SOURCES`). x0_hat is BSRGAN at the data's
-    `scale` on HR, bicubic-resized to the LR batch's size when the LR images were stored resized (DiffTSR-style data:
-    LR at the HR size); y_hat is BSRGAN at scale 1 on y. Only the samples that use a degraded source are degraded."""
+    """The LR batch of a training step and the source of each image (`SOURCES`). x0_hat is the sampling's
+    degradation at the data's `scale` on HR, bicubic-resized to the LR batch's size when the LR images were stored
+    resized (DiffTSR-style data: LR at the HR size); y_hat is the degradation at scale 1 on y. Only the samples that
+    use a degraded source are degraded."""
     if hr.shape[1] != 3 or lr.shape[1] != 3:
-        raise ValueError(f"progressive_lr: BSRGAN degrades RGB images, got {hr.shape[1]} / {lr.shape[1]} channels "
-                         "(set data.mask: false)")
+        raise ValueError(f"progressive_lr: the degradations work on RGB images, got {hr.shape[1]} / {lr.shape[1]} "
+                         "channels (set data.mask: false)")
     if scale not in (1, 2, 3, 4):
-        raise ValueError(f"progressive_lr: BSRGAN scales by 1, 2, 3 or 4, got scale={scale}")
+        raise ValueError(f"progressive_lr: the degradations scale by 1, 2, 3 or 4, got scale={scale}")
+    degrade = DEGRADATIONS[sampling.degradation]
     sources = sampling.sources(step, ids, seed).to(lr.device)
     out = lr.clone()
     step_seed = (int(seed) << 32) | int(step)
     for source, image, factor in ((1, hr, scale), (2, lr, 1)):
         rows = (sources == source).nonzero().squeeze(1)
         if rows.numel():
-            degraded = bsrgan_degradation(image[rows], step_seed + source, ids[rows.cpu()], scale=factor).to(out)
+            degraded = degrade(image[rows], step_seed + source, ids[rows.cpu()], scale=factor).to(out)
             if degraded.shape[-2:] != out.shape[-2:]:
                 degraded = F.interpolate(degraded, size=out.shape[-2:], mode="bicubic", align_corners=False).clamp(0, 1)
             out[rows] = degraded
