@@ -5,19 +5,13 @@ import torch
 import torch.nn.functional as F
 
 from fakes import OFFICIAL_CHECKPOINTS, random_official_state
-from stisr_lightning.models.blocks.srb import GruBlock, Mish, RecurrentResidualBlock, UpsampleBlock
+from stisr_lightning.models.blocks.srb import GruBlock, RecurrentResidualBlock, UpsampleBlock
 from stisr_lightning.models.generators.bicubic import Bicubic
 from stisr_lightning.models.generators.srcnn import SRCNN
 from stisr_lightning.models.generators.srresnet import SRResNet
 from stisr_lightning.models.generators.tsrn import TSRN, load_official_tsrn
 
 TSRN_JSON = json.loads((OFFICIAL_CHECKPOINTS / "tsrn.json").read_text())
-
-
-def test_mish_matches_definition():
-    x = torch.linspace(-5, 5, 101)
-    assert torch.allclose(Mish()(x), x * torch.tanh(torch.log1p(torch.exp(x))), atol=1e-6)
-    assert torch.allclose(Mish()(x), torch.nn.Mish()(x), atol=1e-6)
 
 
 def test_gru_block_runs_along_width_per_row():

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from stisr_lightning.models.blocks.srb import GruBlock, Mish
+from stisr_lightning.models.blocks.srb import GruBlock
 from stisr_lightning.models.blocks.wavelet import DWT2d, IDWT2d
 
 
@@ -28,7 +28,7 @@ class DoubleSequentialResidualBlock(nn.Module):
         self.spatial = nn.Sequential(
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.BatchNorm2d(channels),
-            Mish(),
+            nn.Mish(),
             nn.Conv2d(channels, channels, 3, padding=1),
             nn.BatchNorm2d(channels),
         )
@@ -37,7 +37,7 @@ class DoubleSequentialResidualBlock(nn.Module):
         self.frequency = nn.Sequential(
             nn.Conv2d(4 * channels, 4 * channels, 3, padding=1),
             nn.BatchNorm2d(4 * channels),
-            Mish(),
+            nn.Mish(),
             nn.Conv2d(4 * channels, 4 * channels, 3, padding=1),
         )
         self.idwt = IDWT2d(wavelet)

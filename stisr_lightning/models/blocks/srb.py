@@ -5,16 +5,7 @@ Attribute names follow TextZoom's `src/model/tsrn.py` so official state dicts lo
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
-
-
-class Mish(nn.Module):
-    """x * tanh(softplus(x)), written out as in the official code (same numbers as `nn.Mish` up to rounding)."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * torch.tanh(F.softplus(x))
 
 
 class GruBlock(nn.Module):
@@ -47,7 +38,7 @@ class RecurrentResidualBlock(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.bn1 = nn.BatchNorm2d(channels)
         self.gru1 = GruBlock(channels, channels)
-        self.mish = Mish()
+        self.mish = nn.Mish()
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.bn2 = nn.BatchNorm2d(channels)
         self.gru2 = GruBlock(channels, channels)
@@ -65,7 +56,7 @@ class UpsampleBlock(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels * scale_factor**2, kernel_size=3, padding=1)
         self.pixel_shuffle = nn.PixelShuffle(scale_factor)
-        self.mish = Mish()
+        self.mish = nn.Mish()
 
     def forward(self, x: Tensor) -> Tensor:
         return self.mish(self.pixel_shuffle(self.conv(x)))

@@ -25,7 +25,6 @@ from stisr_lightning.models.blocks.skeleton import (
     rectifier,
     shallow_block,
 )
-from stisr_lightning.models.blocks.srb import Mish
 from stisr_lightning.models.recognizers.prior import TextPrior
 from stisr_lightning.weights import (
     drop_unused_official_keys,
@@ -64,7 +63,7 @@ class GuidedRecurrentResidualBlock(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.bn1 = nn.BatchNorm2d(channels)
         self.gru1 = BiGRURows(channels)
-        self.mish = Mish()
+        self.mish = nn.Mish()
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.bn2 = nn.BatchNorm2d(channels)
         self.gru2 = BiGRURows(channels)

@@ -23,7 +23,7 @@ from stisr_lightning.models.blocks.skeleton import (
     rectifier,
     shallow_block,
 )
-from stisr_lightning.models.blocks.srb import GruBlock, Mish
+from stisr_lightning.models.blocks.srb import GruBlock
 from stisr_lightning.models.blocks.text_prior import TPGenerator, TPInterpreter
 from stisr_lightning.weights import (
     complete_separately_released,
@@ -43,7 +43,7 @@ class RecurrentResidualBlockTL(nn.Module):
         self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.bn1 = nn.BatchNorm2d(channels)
         self.gru1 = GruBlock(channels + text_channels, channels)
-        self.mish = Mish()
+        self.mish = nn.Mish()
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.bn2 = nn.BatchNorm2d(channels)
         self.gru2 = GruBlock(channels, channels)

@@ -24,7 +24,6 @@ from stisr_lightning.models.blocks.skeleton import (
     rectifier,
     shallow_block,
 )
-from stisr_lightning.models.blocks.srb import Mish
 from stisr_lightning.models.recognizers.stt_transformer import (
     MultiHeadedAttention,
     PositionwiseFeedForward,
@@ -90,7 +89,7 @@ class TransformerResidualBlock(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.bn1 = nn.BatchNorm2d(channels)
-        self.mish = Mish()
+        self.mish = nn.Mish()
         self.conv2 = nn.Conv2d(channels, channels, kernel_size=3, padding=1)
         self.bn2 = nn.BatchNorm2d(channels)
         self.feature_enhancer = FeatureEnhancer(channels, lr_size)
