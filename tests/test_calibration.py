@@ -6,10 +6,9 @@ from PIL import Image
 
 from stisr_lightning.data.textzoom import write_textzoom_lmdb
 from stisr_lightning.metrics import calibration as C
-from stisr_lightning.sweeps.spec import PACKAGE_REPO
-from tests.fakes import BrightnessRecognizer
+from tests.fakes import REPO, BrightnessRecognizer
 
-LEMMA_REFERENCES = PACKAGE_REPO / "sweeps" / "references" / "lemma.csv"
+LEMMA_REFERENCES = REPO / "sweeps" / "references" / "lemma.csv"
 
 
 def _flat(value: int, size: tuple[int, int]) -> Image.Image:
