@@ -9,7 +9,7 @@ from stisr_lightning.cli.train import STISRCLI
 
 REPO = Path(__file__).resolve().parents[1]
 EXPERIMENTS = sorted(p for p in (REPO / "experiments").rglob("*.yaml")
-                     if not {"base_experiment", "released", "addons"} & set(p.parts))
+                     if not {"_base", "released", "addons"} & set(p.parts))
 """released/ configs name official files (tests/test_official_weights.py instantiates them with a weights directory);
 addons/ configs complete another config (tested below, composed)."""
 OFFICIAL_GENERATOR_PARAMETERS = {
