@@ -1,8 +1,10 @@
-"""Where the suite's recipes live: experiments/ and sweeps/ sit beside the package in a checkout. A wheel does not
-carry them, so a run from outside a checkout names one with STISR_ROOT."""
+"""Where things a config names are found: the suite's recipes (experiments/ and sweeps/ sit beside the package in a
+checkout; a wheel does not carry them, so a run from outside a checkout names one with STISR_ROOT) and the classes of
+`class_path` entries."""
 
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -23,3 +25,9 @@ def recipes_root() -> Path:
             return root
     raise FileNotFoundError(f"no experiments/ and sweeps/ in {Path.cwd()} or beside the installed package; set "
                             f"{ROOT_ENV} to a stisr-lightning checkout")
+
+
+def class_of(class_path: str) -> type:
+    """The class a config's `class_path` names (`package.module.Class`)."""
+    module, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module), name)

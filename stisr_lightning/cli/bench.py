@@ -13,7 +13,6 @@ Numbers are measured after a warm-up and averaged over the measured part only.
 from __future__ import annotations
 
 import argparse
-import importlib
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,7 +25,7 @@ import yaml
 from stisr_lightning.cli.parsing import ArgumentParser, image_size, one_line_errors
 from stisr_lightning.hardware import auto_precision, describe_cpu
 from stisr_lightning.models.recognizers.catalog import READERS, STAND_INS, build_reader
-from stisr_lightning.paths import recipes_root
+from stisr_lightning.paths import class_of, recipes_root
 
 MEASURE_SECONDS = 5.0
 COMPILE_MODES = ["default", "reduce-overhead", "max-autotune"]
@@ -127,8 +126,7 @@ def _build_trainable(config: Path, device: str, compile_targets: list[str] | Non
     # that the step reads (the system class's `training_recognizer_args` name them) stay.
     model = yaml.safe_load(config.read_text()).get("model") or {}
     model_args = model.get("init_args") or {}
-    module, _, name = model["class_path"].rpartition(".")
-    kept = [names for arg in getattr(getattr(importlib.import_module(module), name), "training_recognizer_args", ())
+    kept = [names for arg in getattr(class_of(model["class_path"]), "training_recognizer_args", ())
             for names in ([model_args.get(arg)] if isinstance(model_args.get(arg), str) else model_args.get(arg) or [])]
     init_args = {"recognizers": {kept_name: model_args["recognizers"][kept_name] for kept_name in kept},
                  "val_recognizer": None}

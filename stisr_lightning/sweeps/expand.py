@@ -14,7 +14,6 @@ key and value before anything trains.
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from stisr_lightning.models.generators.refined import can_refine
+from stisr_lightning.paths import class_of
 from stisr_lightning.sweeps.spec import SYNTHETIC_SUBSET_NAMES, Preset, Row, SweepSpec, SweepSpecError, Table
 from stisr_lightning.weights import official_path, official_references
 
@@ -304,7 +304,7 @@ class Expander:
         targets = [cells[cell_id] for cell_id in by_row[row.evaluate.of]]
         refine_with = row.evaluate.refine_with
         refiners = [cells[cell_id] for cell_id in by_row[refine_with]] if refine_with else None
-        if refiners and not can_refine(_class_of(self._generators[refiners[0].config_hash])):
+        if refiners and not can_refine(class_of(self._generators[refiners[0].config_hash])):
             raise SweepSpecError(f"{where}: evaluate.refine_with {'/'.join(refine_with)!r} trains "
                                  f"{self._generators[refiners[0].config_hash]}, which cannot refine another "
                                  "generator's output (no refine_output)")
@@ -354,10 +354,6 @@ def first_missing_official_file(cells: list[Cell]) -> tuple[Cell, str] | None:
                 return cell, reference
     return None
 
-
-def _class_of(class_path: str) -> type:
-    module, _, name = class_path.rpartition(".")
-    return getattr(importlib.import_module(module), name)
 
 def ensure_synthetic(expansion: Expansion, expander: Expander) -> None:
     """Makes the preset's synthetic data once; concurrent workers build in private folders, the first rename wins."""

@@ -8,12 +8,13 @@ generator submodule) keeps it; the rest take the optimizer's.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Literal
 
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
+
+from stisr_lightning.paths import class_of
 
 
 class InverseSqrtLR(LambdaLR):
@@ -49,8 +50,7 @@ def upgrade_optimizer_args(class_path: str, init_args: dict[str, Any]) -> dict[s
     returned unchanged. The system class may name the optimizer it used then (`legacy_optimizer`, default Adam)."""
     if "lr" not in init_args or isinstance(init_args.get("optimizer"), dict):
         return init_args
-    module, _, name = class_path.rpartition(".")
-    legacy = getattr(getattr(importlib.import_module(module), name), "legacy_optimizer", "torch.optim.Adam")
+    legacy = getattr(class_of(class_path), "legacy_optimizer", "torch.optim.Adam")
     args = dict(init_args)
     optimizer_class = _RENAMED_OPTIMIZERS.get(args.pop("optimizer", None), legacy)
     optimizer_args = {key: args.pop(key) for key in _OPTIMIZER_KEYS if key in args}
