@@ -6,10 +6,24 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lmdb
 import torch
 from torch import Tensor
 
+from stisr_lightning.data.textzoom import encode_image
 from stisr_lightning.models.recognizers.base import Recognizer
+
+
+def write_str_lmdb(path: Path, samples) -> None:
+    """An STR-benchmark LMDB (`image-%09d`, `label-%09d`, `num-samples`) of (PIL image, label) pairs, written with
+    lmdb directly so that the suite's reader is tested against a file it did not write."""
+    env = lmdb.open(str(path), map_size=1 << 30)
+    with env.begin(write=True) as txn:
+        for number, (image, label) in enumerate(samples, start=1):
+            txn.put(b"image-%09d" % number, encode_image(image))
+            txn.put(b"label-%09d" % number, label.encode())
+        txn.put(b"num-samples", str(number).encode())
+    env.close()
 
 
 class BrightnessRecognizer(Recognizer):

@@ -1,6 +1,6 @@
-"""The package's dependencies point one way (DESIGN.md): bottom (weights, hardware, paths, data, diffusion) -> models ->
-losses / metrics / quant -> callbacks -> systems -> cli / sweeps, and no module imports itself through others. Run
-alone with `pytest tests/test_layers.py`; a failure names the file, line and import."""
+"""The package's dependencies point one way (DESIGN.md): bottom (weights, hardware, paths, identity, data,
+diffusion) -> models -> losses / metrics / quant -> callbacks -> systems -> cli / sweeps, and no module imports itself
+through others. Run alone with `pytest tests/test_layers.py`; a failure names the file, line and import."""
 
 import ast
 from pathlib import Path
@@ -9,7 +9,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "stisr_lightning"
 LAYERS = {
-    "weights": 0, "hardware": 0, "paths": 0, "data": 0, "diffusion": 0,
+    "weights": 0, "hardware": 0, "paths": 0, "identity": 0, "data": 0, "diffusion": 0,
     "models": 1,
     "losses": 2, "metrics": 2, "quant": 2,
     "callbacks": 3,

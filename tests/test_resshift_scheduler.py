@@ -42,15 +42,16 @@ def test_add_noise_formula():
 
 
 @pytest.mark.parametrize(("steps", "t", "prev"), [(15, 14, 13), (15, 5, 4), (15, 1, 0), (4, 10, 6), (4, 6, 2)])
-def test_posterior_mean_variance_closed_form(steps, t, prev):
+def test_step_draws_from_the_closed_form_posterior(steps, t, prev):
+    """step(x0, t, x_t, noise) = mean + std * noise of q(x_prev | x_t, x0) (Eq. 10 with the kept steps)."""
     scheduler, etas = ResShiftScheduler(), hand_etas()
     scheduler.set_timesteps(steps)
     eta, eta_prev = etas[t], etas[prev]
-    mean, variance = scheduler.posterior_mean_variance(torch.tensor([0.3]), t, torch.tensor([1.2]))
-    assert mean.item() == pytest.approx(eta_prev / eta * 1.2 + (eta - eta_prev) / eta * 0.3, rel=1e-6)
-    assert variance.item() == pytest.approx(4.0 * eta_prev * (eta - eta_prev) / eta, rel=1e-5)
-    step = scheduler.step(torch.tensor([0.3]), t, torch.tensor([1.2]), noise=torch.tensor([1.5]))
-    assert step.item() == pytest.approx(mean.item() + 1.5 * math.sqrt(variance.item()), rel=1e-6)
+    mean = eta_prev / eta * 1.2 + (eta - eta_prev) / eta * 0.3
+    std = math.sqrt(4.0 * eta_prev * (eta - eta_prev) / eta)
+    for noise in (0.0, 1.5):
+        step = scheduler.step(torch.tensor([0.3]), t, torch.tensor([1.2]), noise=torch.tensor([noise]))
+        assert step.item() == pytest.approx(mean + noise * std, rel=1e-5)
 
 
 @pytest.mark.parametrize(("steps", "last"), [(15, 0), (4, 2), (1, 14)])
@@ -59,8 +60,6 @@ def test_last_step_returns_x0_without_noise(steps, last):
     scheduler.set_timesteps(steps)
     assert scheduler.timesteps[-1].item() == last
     x0 = torch.tensor([0.3, -0.7])
-    mean, variance = scheduler.posterior_mean_variance(x0, last, torch.tensor([5.0, 2.0]))
-    assert torch.equal(mean, x0) and torch.equal(variance, torch.zeros(2))
     assert torch.equal(scheduler.step(x0, last, torch.tensor([5.0, 2.0]), noise=torch.full((2,), 1e3)), x0)
 
 

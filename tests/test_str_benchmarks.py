@@ -6,7 +6,8 @@ import torch
 from PIL import Image
 
 from stisr_lightning.data.str_benchmarks import materialize_str_benchmark
-from stisr_lightning.data.textzoom import TextZoomLMDB, inspect_lmdb, write_str_lmdb
+from fakes import write_str_lmdb
+from stisr_lightning.data.textzoom import TextZoomLMDB, inspect_lmdb
 
 
 def _image(height, width, seed):

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from stisr_lightning.cli.train import STISRCLI
-from stisr_lightning.sweeps.expand import CHECKPOINT, EVALUATE_MODULE, Cell, Expander, config_hash
+from stisr_lightning.identity import SWEEP_ROOT_ENV, config_identity
+from stisr_lightning.sweeps.expand import CHECKPOINT, EVALUATE_MODULE, Cell, Expander
 from stisr_lightning.sweeps.run import SweepRunner, stisr_train_command
 from stisr_lightning.sweeps.spec import SweepSpecError, load_spec
 from stisr_lightning.sweeps.store import DONE, FAILED, CellStore, Worker
@@ -77,17 +78,19 @@ def test_evaluation_cells_depend_on_the_trained_cell_and_hash_its_hash(expanded,
     # dependencies come first in the cell order, whatever the table order
     order = list(cells)
     assert all(order.index(needed) < order.index(cell.cell_id) for cell in cells.values() for needed in cell.needs)
-    # the hash covers the test config and the evaluated cell's hash
+    # the identity is that of the config stisr-eval runs: the test config, the evaluated cell's checkpoint (the seed's
+    # own cell) and the refiner, with the sweep folder as a placeholder
     config = resolver.resolve("test", srcnn.base, batch2.overrides)
-    expected = config_hash("evaluate", {"test": config, "of": srcnn.config_hash, "refine_with": None}, out)
+    checkpoint = f"$OUT/cells/{srcnn.cell_id}/{CHECKPOINT}"
+    expected = config_identity("test", {**config, "ckpt_path": checkpoint, "refine_with": None, "refine_steps": None})
     assert batch2.config_hash == expected
     assert batch2.cell_id == f"{batch2.config_hash}-s1"
+    assert batch2.config_hash != cells[expansion.by_row[("T2", "SRCNN batch 2")][0]].config_hash  # seed 0's checkpoint
     cascade = cells[expansion.by_row[("T2", "SRCNN + MRD")][1]]
     assert cascade.needs == [srcnn.cell_id, textdiff.cell_id]
     config = resolver.resolve("test", srcnn.base, cascade.overrides)
-    dependencies = {"of": srcnn.config_hash, "refine_with": textdiff.config_hash}
-    expected = config_hash("evaluate", {"test": config, **dependencies}, out)
-    assert cascade.config_hash == expected
+    paths = {"ckpt_path": checkpoint, "refine_with": f"$OUT/cells/{textdiff.cell_id}", "refine_steps": None}
+    assert cascade.config_hash == config_identity("test", {**config, **paths})
     # an evaluation that changes nothing is the trained cell itself (fit already tested its best checkpoint)
     assert expansion.by_row[("T2", "SRCNN again")] == expansion.by_row[("T1", "SRCNN")]
     assert expansion.by_row[("T2", "TextDiff-5")] == expansion.by_row[("T1", "TextDiff")]
@@ -287,6 +290,7 @@ def test_sweep_evaluation_tests_the_trained_checkpoint_with_stisr_eval(tiny_text
     runner.register()
     worker = Worker("here", os.getpid(), 0)
     assert store.claim(training.cell_id, worker, str(runner.run_dir(training)), "log")
+    monkeypatch.setenv(SWEEP_ROOT_ENV, str(tmp_path / "out"))  # what the engine sets for the runs it starts
     STISRCLI(args=training.argv(runner.run_dir(training)))
     results = json.loads((runner.run_dir(training) / "results.json").read_text())
     store.finish(training.cell_id, worker, DONE, returncode=0, error=None, results=results, run_s=1.0)
@@ -297,6 +301,9 @@ def test_sweep_evaluation_tests_the_trained_checkpoint_with_stisr_eval(tiny_text
     psnr = "test/tiny/average/psnr"
     assert evaluated.results["metrics"][psnr] == pytest.approx(trained.results["metrics"][psnr], abs=1e-4)
     assert evaluated.results["config"]["data"]["eval_batch_size"] == 2
+    # one identity: each run's results.json names the cell the store keys it on
+    assert trained.results["config_hash"] == training.config_hash
+    assert evaluated.results["config_hash"] == expansion.cells[evaluated.cell_id].config_hash
     assert (tmp_path / "out" / "cells" / trained.cell_id / CHECKPOINT).is_file()
 
 

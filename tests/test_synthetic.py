@@ -62,7 +62,7 @@ def test_font_order_does_not_depend_on_the_install_path(tmp_path, mpl_fonts):
 def test_fonts_without_the_text_glyphs_are_excluded_by_their_cmap(mpl_fonts):
     found = set(S.discover_fonts())
     display = str(mpl_fonts / "DejaVuSansDisplay.ttf")  # no Latin cmap entries: every sample drawn with it was blank
-    assert hr_legibility(np.asarray(S.render_text("Hello", display, (32, 128), random.Random(0))))[0]
+    assert hr_legibility(np.asarray(S.render_text("Hello", display, (32, 128), random.Random(0))[0]))[0]
     for name in ("DejaVuSansDisplay.ttf", "STIXSizOneSymReg.ttf", "cmsy10.ttf"):  # cmsy10 maps 'a' to another glyph
         assert not S.renders_text_chars(str(mpl_fonts / name)) and str(mpl_fonts / name) not in found, name
     assert S.renders_text_chars(str(mpl_fonts / "DejaVuSans.ttf")) and "DejaVuSans.ttf" in {Path(f).name for f in found}
@@ -78,9 +78,9 @@ def test_random_text_survives_label_filter_and_varies():
 
 
 def test_render_size_and_seed_determinism(fonts):
-    images = [np.asarray(S.render_text("Hello", fonts[0], (32, 128), random.Random(1))) for _ in range(2)]
+    images = [np.asarray(S.render_text("Hello", fonts[0], (32, 128), random.Random(1))[0]) for _ in range(2)]
     assert images[0].shape == (32, 128, 3) and np.array_equal(*images)
-    assert np.asarray(S.render_text("Hi", fonts[0], (5, 20), random.Random(1))).shape == (5, 20, 3)
+    assert np.asarray(S.render_text("Hi", fonts[0], (5, 20), random.Random(1))[0]).shape == (5, 20, 3)
 
 
 @pytest.mark.parametrize("text", ["APPOINTEES", "CLOWNISH", "ROMANTICIZE"])

@@ -9,6 +9,8 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
+from fakes import write_str_lmdb
+
 from stisr_lightning.data.textzoom import (
     CorruptRecordError,
     TextZoomLMDB,
@@ -16,7 +18,6 @@ from stisr_lightning.data.textzoom import (
     hr_legibility,
     image_to_tensor,
     inspect_lmdb,
-    write_str_lmdb,
     write_textzoom_lmdb,
 )
 

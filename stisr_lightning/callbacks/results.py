@@ -18,26 +18,10 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from stisr_lightning.data.datamodule import test_set_path
 from stisr_lightning.hardware import describe_cpu
+from stisr_lightning.identity import run_identity
 from stisr_lightning.metrics.evaluation import TestReport
 
 PACKAGES = ("stisr-lightning", "torch", "torchvision", "lightning", "torchmetrics", "kornia", "onnxruntime", "rapidocr")
-
-
-LOCATION_KEYS = {"config", "__path__", "default_root_dir", "save_dir", "dirpath"}
-"""Where a run's files live says nothing about the experiment: these keys stay out of its hash."""
-
-
-def _without_locations(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _without_locations(v) for k, v in value.items() if k not in LOCATION_KEYS}
-    if isinstance(value, list):
-        return [_without_locations(v) for v in value]
-    return value
-
-
-def config_hash(config: dict[str, Any]) -> str:
-    canonical = json.dumps(_without_locations(config), sort_keys=True, default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def git_sha() -> str:
@@ -104,10 +88,15 @@ class ResultsWriter(Callback):
         self.filename = filename
         self.print_tables = print_tables
         self.config: dict[str, Any] = {}
+        self.config_hash = ""
         self._fit_start: float | None = None
         self._train_images = 0
         self._train_seconds = 0.0
         self._batch_start = 0.0
+
+    def describe_run(self, subcommand: str, config: dict[str, Any]) -> None:
+        """The resolved run config, from the CLI; its identity is the one a sweep's store gives the cell."""
+        self.config, self.config_hash = config, run_identity(subcommand, config)
 
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._fit_start = time.perf_counter()
@@ -137,7 +126,7 @@ class ResultsWriter(Callback):
             "not_available": sorted(key for key, value in metrics.items() if math.isnan(value)),
             "test_set_sizes": sizes,
             "config": self.config,
-            "config_hash": config_hash(self.config),
+            "config_hash": self.config_hash,
             "seed": self.config.get("seed_everything"),
             "git_sha": git_sha(),
             "packages": package_versions(),

@@ -16,6 +16,8 @@ import sys
 from pathlib import Path
 from typing import Optional
 
+import yaml
+
 from lightning.pytorch import LightningModule
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
@@ -28,9 +30,39 @@ from stisr_lightning.callbacks.samples import RunSamples
 from stisr_lightning.cli.parsing import OneLineLightningParser, one_line_errors
 from stisr_lightning.data.datamodule import STISRDataModule
 from stisr_lightning.hardware import auto_precision
+from stisr_lightning.systems.optim import upgrade_optimizer_args
 from stisr_lightning.weights import load_weights
 
 WANDB_LOGGER = "lightning.pytorch.loggers.WandbLogger"
+
+
+def upgrade_saved_configs(args: list[str]) -> list[str]:
+    """`--config` files of runs saved before optimizers were callables (`model.init_args.lr`, ...), passed on as
+    today's keys (`systems.optim.upgrade_optimizer_args`), so an old run's config.yaml resumes as it trained."""
+    upgraded = list(args)
+    for index, arg in enumerate(args):
+        if arg == "--config" and index + 1 < len(args):
+            position, path = index + 1, args[index + 1]
+        elif arg.startswith("--config="):
+            position, path = index, arg.split("=", 1)[1]
+        else:
+            continue
+        if not Path(path).is_file():
+            continue
+        config = yaml.safe_load(Path(path).read_text())
+        model = config.get("model") if isinstance(config, dict) else None
+        if not isinstance(model, dict) or "class_path" not in model:
+            continue
+        init_args = model.get("init_args") or {}
+        today = upgrade_optimizer_args(model["class_path"], init_args)
+        if today is init_args:
+            continue
+        recipe = [today[key]["class_path"] for key in ("optimizer", "lr_scheduler") if key in today]
+        print(f"stisr-train: {path} was saved before optimizers were callables; read as {' + '.join(recipe)}",
+              file=sys.stderr)
+        text = yaml.safe_dump({**config, "model": {**model, "init_args": today}}, sort_keys=False)
+        upgraded[position] = text if position == index + 1 else f"--config={text}"
+    return upgraded
 
 
 class STISRCLI(LightningCLI):
@@ -78,6 +110,11 @@ class STISRCLI(LightningCLI):
             "or a suite checkpoint.",
         )
 
+    def parse_arguments(self, parser, args) -> None:
+        if isinstance(args, dict):
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(upgrade_saved_configs(sys.argv[1:] if args is None else list(args)))
+
     def before_instantiate_classes(self) -> None:
         """Keep the W&B files inside the run directory unless the config names another `save_dir` (WandbLogger's
         default, ".", counts as none: it would put every run's files in the working directory)."""
@@ -101,7 +138,7 @@ class STISRCLI(LightningCLI):
             logger.log_hyperparams(resolved)
         for callback in self.trainer.callbacks:
             if isinstance(callback, ResultsWriter):
-                callback.config = resolved
+                callback.describe_run(self.subcommand, resolved)
             if isinstance(callback, ModelCheckpoint):
                 # each system names the validation metric its paper selects models by (higher is better)
                 callback.monitor = getattr(self.model, "checkpoint_monitor", callback.monitor)

@@ -166,19 +166,17 @@ def glyph_canvas(text: str, font_path: str, rng: random.Random) -> Image.Image:
     return canvas.transform(canvas.size, Image.QUAD, corners, Image.BILINEAR, fillcolor=0)
 
 
-def _render(text: str, font_path: str, size: tuple[int, int], rng: random.Random) -> tuple[Image.Image, Image.Image]:
-    """(RGB image resized to (H, W), its glyph canvas before resizing): the canvas is the text colour's alpha."""
+def render_text(
+    text: str, font_path: str, size: tuple[int, int], rng: random.Random
+) -> tuple[Image.Image, Image.Image]:
+    """(RGB image of `text` resized to (H, W), its glyph canvas before resizing): random margins, colours, slight
+    rotation and perspective; the canvas is the text colour's alpha, which the legibility gate reads."""
     height, width = size
     text_color, background = _contrasting_colors(rng)
     canvas = glyph_canvas(text, font_path, rng)
     alpha = canvas.resize((width, height), Image.BICUBIC, reducing_gap=2.0)
     fill = Image.new("RGB", (width, height), text_color)
     return Image.composite(fill, Image.new("RGB", (width, height), background), alpha), canvas
-
-
-def render_text(text: str, font_path: str, size: tuple[int, int], rng: random.Random) -> Image.Image:
-    """Render `text` tightly cropped with random margins, colours, slight rotation and perspective; resize to (H, W)."""
-    return _render(text, font_path, size, rng)[0]
 
 
 def legibility_problem(image: np.ndarray, canvas: Image.Image) -> str | None:
@@ -198,7 +196,7 @@ def render_legible(text: str, fonts: Sequence[str], size: tuple[int, int], rng: 
     from `rng`, so a retry continues the sample's own stream and the result stays a pure function of its seed."""
     for _ in range(RENDER_ATTEMPTS):
         font_path = rng.choice(fonts)
-        image, canvas = _render(text, font_path, size, rng)
+        image, canvas = render_text(text, font_path, size, rng)
         rgb = np.asarray(image)
         problem = legibility_problem(rgb, canvas)
         if problem is None:

@@ -331,18 +331,6 @@ def write_textzoom_lmdb(
     return _write_records(path, records, map_size, commit_every)
 
 
-def write_str_lmdb(
-    path: str | os.PathLike,
-    samples: Iterable[tuple[Image.Image | bytes, str]],
-    map_size: int = 1 << 36,
-    commit_every: int = 1000,
-    image_format: str = "PNG",
-) -> int:
-    """Write (image, label) records in the STR benchmark format (`image-%09d`)."""
-    records = ({"label": label.encode("utf-8"), "image": encode_image(image, image_format)} for image, label in samples)
-    return _write_records(path, records, map_size, commit_every)
-
-
 def inspect_lmdb(path: str | os.PathLike) -> dict:
     """Counts, HR/LR size histograms ("HxW" -> count), label charset, unreadable records, and the number of blank and
     of low-contrast HR images (`hr_legibility`) of an LMDB."""

@@ -143,11 +143,6 @@ class ResShiftScheduler(ScheduleTables):
             noise = _randn_like(degraded_samples, generator)
         return degraded_samples + self._prior_std * noise
 
-    def posterior_mean_variance(self, original: Tensor, t: Tensor | int, sample: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean and variance of q(x_prev | x_t, x0) for `t` in `self.timesteps` (Eq. 10 with the kept steps)."""
-        variance = self._coefficient("posterior_std", t, sample) ** 2
-        return self._posterior_mean(original, t, sample), variance.expand_as(sample)
-
     def _posterior_mean(self, original: Tensor, t: Tensor | int, sample: Tensor) -> Tensor:
         mean = self._coefficient("posterior_sample_coef", t, sample) * sample
         return mean + self._coefficient("posterior_original_coef", t, sample) * original

@@ -13,7 +13,6 @@ key and value before anything trains.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -26,13 +25,12 @@ from typing import Any
 from stisr_lightning.models.generators.refined import can_refine
 from stisr_lightning.paths import class_of
 from stisr_lightning.sweeps.spec import SYNTHETIC_SUBSET_NAMES, Preset, Row, SweepSpec, SweepSpecError, Table
+from stisr_lightning.identity import config_identity, experiment_config
 from stisr_lightning.weights import official_path, official_references
 
 TRAIN_MODULE, EVALUATE_MODULE = "stisr_lightning.cli.train", "stisr_lightning.cli.evaluate"
 CHECKPOINT = Path("checkpoints") / "best.ckpt"  # in a trained cell's run folder (stisr-train's ModelCheckpoint)
 INIT_KEY = "model.init_args.generator_weights"  # where an `init_from` row's cells get their starting checkpoint
-OUT_PLACEHOLDER = "$OUT"
-UNHASHED_KEYS = ("config", "seed_everything", "__path__")  # seed is the cell's second coordinate
 ERROR_HINTS = ("not accepted", "unrecognized", "not a valid", "expected a", "does not exist", "not found", "invalid")
 
 
@@ -66,8 +64,9 @@ class Cell:
         folders are siblings of `run_dir`. Keeping a checkpoint does not enter the hash: it changes no result."""
         flags = [f"--{key}={format_value(value)}" for key, value in self.overrides.items()]
         flags += ["--keep_checkpoints=true"] if self.keep_checkpoints else []
-        flags += [f"--ckpt_path={run_dir.parent / self.evaluates / CHECKPOINT}"] if self.evaluates else []
-        flags += [f"--refine_with={run_dir.parent / self.refine_with}"] if self.refine_with else []
+        if self.evaluates:
+            flags += [f"--{key}={value}" for key, value in
+                      evaluated_paths(run_dir.parent, self.evaluates, self.refine_with).items() if value]
         command = [] if self.evaluates else [self.subcommand]  # stisr-eval is always `test`
         return [*command, "--config", str(self.base), *flags, f"--seed_everything={self.seed}",
                 f"--trainer.default_root_dir={run_dir}"]
@@ -112,14 +111,6 @@ def one_line(message: str) -> str:
     return (hinted or lines or ["invalid configuration"])[0][:300]
 
 
-def _strip(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _strip(item) for key, item in value.items() if key not in UNHASHED_KEYS}
-    if isinstance(value, (list, tuple)):
-        return [_strip(item) for item in value]
-    return value
-
-
 class ConfigResolver:
     """stisr-train's parser, built once; `resolve` returns the full config (defaults filled in) as a dict.
 
@@ -148,14 +139,20 @@ class ConfigResolver:
         flags = [f"--{key}={format_value(value)}" for key, value in overrides.items()]
         with self.parsing:
             config = self.parser.parse_args([subcommand, "--config", str(base), *flags])
-        resolved = config[subcommand].as_dict()
-        resolved.get("trainer", {}).pop("default_root_dir", None)
-        return _strip(resolved)
+        return experiment_config(config[subcommand].as_dict())
 
 
-def config_hash(subcommand: str, config: dict[str, Any], out_dir: Path) -> str:
-    text = json.dumps({"subcommand": subcommand, "config": config}, sort_keys=True, default=str)
-    return hashlib.sha256(text.replace(str(out_dir), OUT_PLACEHOLDER).encode()).hexdigest()[:12]
+def evaluated_paths(cells_dir: Path, evaluates: str, refine_with: str | None) -> dict[str, str | None]:
+    """The stisr-eval options that name an evaluation cell's checkpoint and refiner (cells are siblings)."""
+    return {"ckpt_path": str(cells_dir / evaluates / CHECKPOINT),
+            "refine_with": str(cells_dir / refine_with) if refine_with else None}
+
+
+def evaluation_config(config: dict[str, Any], cells_dir: Path, target: Cell, refiner: Cell | None) -> dict[str, Any]:
+    """The config that stisr-eval resolves for an evaluation cell: the test config, the evaluated checkpoint and the
+    refiner (stisr-eval's own options at their defaults otherwise)."""
+    paths = evaluated_paths(cells_dir, target.cell_id, refiner.cell_id if refiner else None)
+    return {**config, "refine_steps": None, **paths}
 
 
 def producible_metrics(config: dict[str, Any]) -> re.Pattern | None:
@@ -286,7 +283,7 @@ class Expander:
     def _cell(self, table: Table, row: Row, seed: int, overrides: dict[str, Any], init_from: str | None = None) -> Cell:
         config = self._resolve(self._where(table, row), row.subcommand, row.base, overrides, row.overrides)
         self._check_columns(table, row, config)
-        digest = config_hash(row.subcommand, config, self.out_dir)
+        digest = config_identity(row.subcommand, config, self.out_dir)
         generator = ((config.get("model") or {}).get("init_args") or {}).get("generator") or {}
         self._generators[digest] = str(generator.get("class_path"))
         return Cell(f"{digest}-s{seed}", digest, seed, row.subcommand, row.base, overrides, init_from=init_from,
@@ -320,8 +317,8 @@ class Expander:
         evaluated = []
         for position, target in enumerate(targets):
             refiner = refiners[position] if refiners else None
-            digest = config_hash("evaluate", {"test": config, "of": target.config_hash,
-                                              "refine_with": refiner.config_hash if refiner else None}, self.out_dir)
+            digest = config_identity("test", evaluation_config(config, self.out_dir / "cells", target, refiner),
+                                     self.out_dir)
             evaluated.append(Cell(f"{digest}-s{target.seed}", digest, target.seed, "test", row.base,
                                   {**trained, **row_overrides}, evaluates=target.cell_id,
                                   refine_with=refiner.cell_id if refiner else None, **loads(config)))

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from stisr_lightning.identity import SWEEP_ROOT_ENV
 from stisr_lightning.sweeps.expand import CHECKPOINT, Cell
 from stisr_lightning.sweeps.store import DONE, FAILED, PENDING, RUNNING, CellStore, Worker
 
@@ -144,8 +145,11 @@ class SweepRunner:
         gpus = visible_gpus()
         host, pid = socket.gethostname(), os.getpid()
         workers = [Worker(host, pid, index) for index in range(self.workers)]
-        threads = [threading.Thread(target=self._work, args=(w, worker_env(w.index, self.workers, self.devices_per_worker, gpus)),
-                                    name=f"sweep-worker-{w.index}", daemon=True) for w in workers]
+        # each run records the identity the store gives its cell, relative to this sweep's folder
+        envs = [{**worker_env(w.index, self.workers, self.devices_per_worker, gpus), SWEEP_ROOT_ENV: str(self.out_dir)}
+                for w in workers]
+        threads = [threading.Thread(target=self._work, args=(w, env), name=f"sweep-worker-{w.index}", daemon=True)
+                   for w, env in zip(workers, envs)]
         beat = threading.Thread(target=self._heartbeat, args=([w.id for w in workers],), daemon=True)
         # Ctrl-C, and SIGTERM from a scheduler (SLURM's time limit, `kill`): running cells stop and go back to pending.
         stop_signals = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()

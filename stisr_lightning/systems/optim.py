@@ -55,8 +55,10 @@ def upgrade_optimizer_args(class_path: str, init_args: dict[str, Any]) -> dict[s
     optimizer_class = _RENAMED_OPTIMIZERS.get(args.pop("optimizer", None), legacy)
     optimizer_args = {key: args.pop(key) for key in _OPTIMIZER_KEYS if key in args}
     if optimizer_class.endswith("Adadelta"):
+        # the old Adadelta branch took only lr and weight_decay, so eps was torch's 1e-6; named, since jsonargparse
+        # would keep the default optimizer's (Adam's 1e-8) when the class changes
         optimizer_args.pop("betas", None)
-        optimizer_args.pop("eps", None)  # the old Adadelta branch took only lr and weight_decay
+        optimizer_args["eps"] = 1e-6
     args["optimizer"] = {"class_path": optimizer_class, "init_args": optimizer_args}
     gamma = args.pop("lr_decay_gamma", None)
     decay_epochs, milestones = args.pop("lr_decay_epochs", None), args.pop("lr_milestones", None)

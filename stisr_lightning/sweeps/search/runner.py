@@ -15,12 +15,12 @@ from typing import Any
 import optuna
 
 from stisr_lightning.callbacks.pruning import PRUNED_ATTR, STORAGE_ENV
+from stisr_lightning.identity import config_identity
 from stisr_lightning.sweeps.expand import (
     Cell,
     ConfigResolver,
     Expander,
     Expansion,
-    config_hash,
     ensure_synthetic,
     format_value,
     one_line,
@@ -144,7 +144,7 @@ class SearchRunner(SweepRunner):
 
     def trial_cell(self, trial: optuna.Trial) -> Cell:
         overrides = self.overrides(trial.params)
-        digest = config_hash("fit", self.resolver.resolve("fit", self.spec.base, overrides), self.out_dir)
+        digest = config_identity("fit", self.resolver.resolve("fit", self.spec.base, overrides), self.out_dir)
         if self.search.prune:  # added after hashing: the trial number does not change the experiment
             overrides[CALLBACKS_KEY] = {"class_path": "stisr_lightning.callbacks.pruning.OptunaPruning", "init_args": {
                 "study_name": self.study_name, "trial_number": trial.number, "monitor": self.search.prune.monitor}}
