@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stisr_lightning.identity import config_identity, experiment_config
 from stisr_lightning.models.generators.refined import can_refine
 from stisr_lightning.paths import class_of
 from stisr_lightning.sweeps.spec import SYNTHETIC_SUBSET_NAMES, Preset, Row, SweepSpec, SweepSpecError, Table
-from stisr_lightning.identity import config_identity, experiment_config
 from stisr_lightning.weights import official_path, official_references
 
 TRAIN_MODULE, EVALUATE_MODULE = "stisr_lightning.cli.train", "stisr_lightning.cli.evaluate"
